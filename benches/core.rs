@@ -1,0 +1,403 @@
+//! Micro-benchmarks of the request path's pure parts, each against a baseline measured in the
+//! same run (the machine is a shared, noisy VM: absolute nanoseconds move by 2x between runs,
+//! ratios to an in-run baseline much less).
+//!
+//! * `route/router/<shape>` - `Router::find` over a 50-route table (exact hosts, wildcards,
+//!   any-host prefixes, some method-restricted); baseline `route/hashmap/<shape>`: a plain
+//!   `HashMap<String, usize>` lookup of the same path string, the cheapest conceivable router.
+//! * `headers/rewrite/<shape>` - `HeaderMap::clone` followed by the rewrite sequence of
+//!   `proxy::handle` (hop-by-hop removal, owned-header removal, identity injection,
+//!   `X-Forwarded-*`, `X-Request-Id`); baseline `headers/clone/<shape>`: the clone alone, so the
+//!   ratio counts the rewrite's own cost on top of the copy it has to start from.
+//!
+//! After criterion's own output, a table `bench / ns per op / ratio to baseline` is printed from
+//! the `new/estimates.json` files this process wrote (median of the samples).
+//!
+//!     CARGO_TARGET_DIR=/work/target-bench cargo bench --bench core
+//!     cargo bench --bench core -- route        # only the router benches
+//!     cargo bench --bench core -- --quick      # shorter, noisier
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use criterion::{BenchmarkId, Criterion};
+use gatehouse::config::{AuthMode, CredentialKind, HostMatch, RouteConfig, UpstreamConfig};
+use gatehouse::principal::Principal;
+use gatehouse::proxy::headers;
+use gatehouse::router::Router;
+use http::Method;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+// ------------------------------------------------------------------------------------ routes
+
+fn route(name: &str, host: HostMatch, prefix: &str, methods: &[Method]) -> RouteConfig {
+    RouteConfig {
+        name: name.into(),
+        host,
+        path_prefix: prefix.into(),
+        methods: methods.to_vec(),
+        upstream: UpstreamConfig {
+            targets: vec![],
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+        },
+        auth: AuthMode::Public,
+        credentials: vec![
+            CredentialKind::ApiKey,
+            CredentialKind::Jwt,
+            CredentialKind::Cookie,
+        ],
+        roles: vec![],
+        scopes: vec![],
+        allow_publishable_keys: false,
+        forward_credentials: false,
+        rate_limit: None,
+        strip_prefix: None,
+        identity_assertion: false,
+        max_body: None,
+    }
+}
+
+/// 50 routes shaped like a mid-sized deployment: 8 exact hosts with 4 prefixes each (32),
+/// 3 wildcard domains with 2 prefixes each (6), 12 any-host prefixes.
+fn table() -> Vec<RouteConfig> {
+    let mut routes = Vec::new();
+    let services = [
+        "api", "app", "admin", "billing", "search", "media", "auth", "status",
+    ];
+    for svc in services {
+        let host = HostMatch::Exact(format!("{svc}.example.com"));
+        routes.push(route(&format!("{svc}-root"), host.clone(), "/", &[]));
+        routes.push(route(
+            &format!("{svc}-v1"),
+            host.clone(),
+            "/v1",
+            &[Method::GET, Method::POST],
+        ));
+        routes.push(route(&format!("{svc}-v2"), host.clone(), "/v2/", &[]));
+        routes.push(route(
+            &format!("{svc}-v2-users"),
+            host,
+            "/v2/users",
+            &[Method::GET, Method::PUT, Method::DELETE],
+        ));
+    }
+    for domain in [
+        ".tenants.example.com",
+        ".eu.example.net",
+        ".preview.example.org",
+    ] {
+        let host = HostMatch::Wildcard(domain.into());
+        routes.push(route(&format!("wild{domain}-root"), host.clone(), "/", &[]));
+        routes.push(route(&format!("wild{domain}-api"), host, "/api/", &[]));
+    }
+    let any_prefixes = [
+        "/health",
+        "/metrics-public",
+        "/static/",
+        "/assets",
+        "/favicon.ico",
+        "/robots.txt",
+        "/docs",
+        "/blog",
+        "/legacy/api",
+        "/legacy/web",
+        "/webhooks/",
+        "/graphql",
+    ];
+    for p in any_prefixes {
+        routes.push(route(&format!("any{p}"), HostMatch::Any, p, &[]));
+    }
+    assert_eq!(routes.len(), 50);
+    routes
+}
+
+/// (shape, host, path, method): what a request looks like once host and path are normalised.
+const SHAPES: [(&str, &str, &str, Method); 5] = [
+    // Exact host, longest of four prefixes wins.
+    (
+        "exact_host",
+        "billing.example.com",
+        "/v2/users/8812/invoices",
+        Method::GET,
+    ),
+    // No exact host; the second of three wildcard suffixes matches.
+    (
+        "wildcard",
+        "acme.eu.example.net",
+        "/api/orders/77",
+        Method::POST,
+    ),
+    // Unknown host, falls through to the any-host tier (12 prefixes).
+    (
+        "any_host",
+        "203.0.113.9",
+        "/static/js/app.3f9c1.js",
+        Method::GET,
+    ),
+    // Exact host whose method-restricted routes refuse DELETE: falls through to `/`.
+    (
+        "method_fallthrough",
+        "api.example.com",
+        "/v1/keys/3",
+        Method::DELETE,
+    ),
+    // Nothing matches: every tier is scanned (404 no_route).
+    ("miss", "unknown.example.io", "/nothing/here", Method::GET),
+];
+
+fn bench_router(c: &mut Criterion) {
+    let routes = table();
+    let router = Router::new(&routes);
+    // Baseline: the request paths (and the table's prefixes) as keys of a plain HashMap.
+    let mut map: HashMap<String, usize> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        map.insert(r.path_prefix.clone(), i);
+    }
+    for (i, (_, _, path, _)) in SHAPES.iter().enumerate() {
+        map.insert((*path).to_owned(), 1000 + i);
+    }
+    let mut group = c.benchmark_group("route");
+    for (shape, host, path, method) in &SHAPES {
+        // Sanity: the shapes hit what their names claim.
+        let got = router.find(host, path, method);
+        match *shape {
+            "miss" => assert!(got.is_err(), "{shape}: {got:?}"),
+            _ => assert!(got.is_ok(), "{shape}: {got:?}"),
+        }
+        group.bench_with_input(BenchmarkId::new("hashmap", shape), path, |b, path| {
+            b.iter(|| map.get(black_box(*path)).copied())
+        });
+        group.bench_with_input(
+            BenchmarkId::new("router", shape),
+            &(host, path, method),
+            |b, (host, path, method)| {
+                b.iter(|| router.find(black_box(host), black_box(path), black_box(method)))
+            },
+        );
+    }
+    group.finish();
+}
+
+// ----------------------------------------------------------------------------------- headers
+
+fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+/// A typical browser navigation over HTTP/1.1: 12 headers, `Connection: keep-alive`.
+fn browser_request() -> HeaderMap {
+    header_map(&[
+        ("host", "app.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "en-US,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("referer", "https://app.example.com/dashboard"),
+        (
+            "cookie",
+            "gh_session=9f8e7d6c5b4a39281706f5e4d3c2b1a0; theme=dark; _ga=GA1.2.1234567890.1700000000",
+        ),
+        ("connection", "keep-alive"),
+        ("upgrade-insecure-requests", "1"),
+        ("sec-fetch-dest", "document"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "same-origin"),
+    ])
+}
+
+/// An API call carrying what a client may try to forge: owned headers (one with underscores,
+/// which takes the slow variant scan), its own X-Forwarded-*, a header named in `Connection`.
+fn forged_request() -> HeaderMap {
+    header_map(&[
+        ("host", "api.example.com"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJFUzI1NiJ9.e30.c2lnbmF0dXJl",
+        ),
+        ("connection", "keep-alive, x-debug"),
+        ("x-debug", "1"),
+        ("x-user-id", "admin"),
+        ("x_user_roles", "admin"),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=1.2.3.4"),
+    ])
+}
+
+/// What `proxy::handle` does to the headers of a request it forwards.
+fn rewrite(
+    hdrs: &mut HeaderMap,
+    principal: &Principal,
+    client_ip: IpAddr,
+    request_id: &HeaderValue,
+) {
+    headers::remove_hop_by_hop(hdrs);
+    headers::remove_owned(hdrs);
+    headers::inject_identity(hdrs, principal);
+    let host = hdrs.get(header::HOST).cloned();
+    headers::set_forwarded(
+        hdrs,
+        &headers::ClientConn {
+            ip: client_ip,
+            trusted: false,
+            scheme: "http",
+            host: host.as_ref(),
+        },
+    );
+    hdrs.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let principal = Principal::anonymous();
+    let ip: IpAddr = "198.51.100.23".parse().unwrap();
+    let request_id = HeaderValue::from_static("5f0c6e1d2a3b4c5d6e7f8091a2b3c4d5");
+    let mut group = c.benchmark_group("headers");
+    for (shape, map) in [("browser", browser_request()), ("forged", forged_request())] {
+        // Sanity: the rewrite does what the proxy relies on.
+        let mut check = map.clone();
+        rewrite(&mut check, &principal, ip, &request_id);
+        assert!(!check.contains_key(header::CONNECTION));
+        assert!(!check.contains_key("x-user-id") && !check.contains_key("x_user_roles"));
+        assert_eq!(check["x-auth-method"], "anonymous");
+        assert_eq!(check["x-forwarded-for"], "198.51.100.23");
+
+        group.bench_with_input(BenchmarkId::new("clone", shape), &map, |b, map| {
+            b.iter(|| black_box(map).clone())
+        });
+        group.bench_with_input(BenchmarkId::new("rewrite", shape), &map, |b, map| {
+            b.iter(|| {
+                let mut h = black_box(map).clone();
+                rewrite(&mut h, &principal, ip, &request_id);
+                h
+            })
+        });
+    }
+    group.finish();
+}
+
+// ------------------------------------------------------------------------------ ratio table
+
+/// Where criterion writes its results, found the way criterion itself looks for it.
+fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join("criterion");
+    }
+    // The bench binary lives in <target>/<profile>/deps/.
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("criterion")))
+        .unwrap_or_else(|| PathBuf::from("target/criterion"))
+}
+
+/// `full_id -> median ns` of every `new/` result written since `since`.
+fn collect(dir: &Path, since: SystemTime, out: &mut HashMap<String, f64>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "new") {
+            let est = path.join("estimates.json");
+            let fresh = std::fs::metadata(&est)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            if !fresh {
+                continue;
+            }
+            let read = |p: PathBuf| -> Option<serde_json::Value> {
+                serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+            };
+            let (Some(bench), Some(est)) = (read(path.join("benchmark.json")), read(est)) else {
+                continue;
+            };
+            if let (Some(id), Some(ns)) = (
+                bench["full_id"].as_str(),
+                est["median"]["point_estimate"].as_f64(),
+            ) {
+                out.insert(id.to_owned(), ns);
+            }
+        } else {
+            collect(&path, since, out);
+        }
+    }
+}
+
+/// The baseline of a bench id, if it has one.
+fn baseline_of(id: &str) -> Option<String> {
+    let parts: Vec<&str> = id.split('/').collect();
+    match parts.as_slice() {
+        ["route", "router", shape] => Some(format!("route/hashmap/{shape}")),
+        ["headers", "rewrite", shape] => Some(format!("headers/clone/{shape}")),
+        _ => None,
+    }
+}
+
+fn print_table(since: SystemTime) {
+    let dir = criterion_dir();
+    let mut results = HashMap::new();
+    collect(&dir, since, &mut results);
+    println!();
+    if results.is_empty() {
+        println!(
+            "(no estimates written by this run under {}: test mode or everything filtered out)",
+            dir.display()
+        );
+        return;
+    }
+    let mut ids: Vec<&String> = results.keys().collect();
+    ids.sort();
+    println!("median of this run's samples; ratio = bench / its baseline in the same run");
+    println!("{:<36} {:>12} {:>10}", "bench", "ns per op", "ratio");
+    for id in ids {
+        let ns = results[id];
+        let ratio = match baseline_of(id).and_then(|b| results.get(&b)) {
+            Some(base) if *base > 0.0 => format!("{:.2}x", ns / base),
+            Some(_) => "-".to_owned(),
+            None if baseline_of(id).is_some() => "(no base)".to_owned(),
+            None => "baseline".to_owned(),
+        };
+        println!("{id:<36} {ns:>12.1} {ratio:>10}");
+    }
+}
+
+fn main() {
+    // A second's slack: file times may be coarser than the clock.
+    let since = SystemTime::now() - Duration::from_secs(1);
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+        .configure_from_args();
+    bench_router(&mut c);
+    bench_headers(&mut c);
+    c.final_summary();
+    print_table(since);
+}

@@ -1,0 +1,185 @@
+//! Body types of the request path: what the gateway sends upstream and back to the client.
+//!
+//! Bodies are streamed frame by frame and never collected: `ReqBody` counts bytes against a
+//! route's `max_body` while they flow, and can be handed back untouched when an upstream
+//! connection failed before the first frame was read, which is what makes the one failover
+//! retry possible for requests with a body.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// Errors raised by our body wrappers.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// The response body sent to the client.
+#[derive(Debug)]
+pub enum ResBody {
+    Full(Full<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ResBody {
+    pub fn full(bytes: Bytes) -> Self {
+        ResBody::Full(Full::new(bytes))
+    }
+
+    pub fn empty() -> Self {
+        ResBody::Full(Full::new(Bytes::new()))
+    }
+}
+
+impl Body for ResBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResBody::Full(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            ResBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResBody::Full(b) => b.is_end_stream(),
+            ResBody::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResBody::Full(b) => b.size_hint(),
+            ResBody::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Where a not-yet-read client body waits, so a failed connect can give it back.
+pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
+
+/// The request body sent upstream: the client's body, taken from its slot on the first poll,
+/// counted against an optional limit.
+#[derive(Debug)]
+pub struct ReqBody {
+    slot: Option<BodySlot>,
+    inner: Option<Incoming>,
+    limit: Option<u64>,
+    seen: u64,
+    end: bool,
+}
+
+impl ReqBody {
+    /// An empty body (requests without one, or a retry of a body-less request).
+    pub fn empty() -> Self {
+        ReqBody {
+            slot: None,
+            inner: None,
+            limit: None,
+            seen: 0,
+            end: true,
+        }
+    }
+
+    /// Wraps the client's body; `end` is hyper's knowledge that it is empty.
+    pub fn new(slot: BodySlot, end: bool, limit: Option<u64>) -> Self {
+        ReqBody {
+            slot: Some(slot),
+            inner: None,
+            limit,
+            seen: 0,
+            end,
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.inner.is_none() {
+            let Some(slot) = this.slot.take() else {
+                return Poll::Ready(None);
+            };
+            let taken = match slot.lock() {
+                Ok(mut guard) => guard.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            match taken {
+                Some(body) => this.inner = Some(body),
+                None => return Poll::Ready(None),
+            }
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if let Some(limit) = this.limit
+                        && this.seen > limit
+                    {
+                        this.end = true;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Hyper(e)))),
+            Poll::Ready(None) => {
+                this.end = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None if self.end => SizeHint::with_exact(0),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// True when `err` (or anything in its source chain) is a body-limit violation.
+pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(BodyError::TooLarge { limit }) = e.downcast_ref::<BodyError>() {
+            return Some(*limit);
+        }
+        cur = e.source();
+    }
+    None
+}

@@ -1,0 +1,259 @@
+//! Prometheus metrics: one registry with typed families, shared as `Arc<Metrics>`.
+//!
+//! The request path never formats labels: a route's counters and histogram are looked up once
+//! when a config snapshot is built ([`RouteMetrics`]) and are then plain atomic handles.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub class: StatusClass,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StatusClass {
+    C1xx,
+    C2xx,
+    C3xx,
+    C4xx,
+    C5xx,
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            StatusClass::C1xx => "1xx",
+            StatusClass::C2xx => "2xx",
+            StatusClass::C3xx => "3xx",
+            StatusClass::C4xx => "4xx",
+            StatusClass::C5xx => "5xx",
+        })
+    }
+}
+
+const CLASSES: [StatusClass; 5] = [
+    StatusClass::C1xx,
+    StatusClass::C2xx,
+    StatusClass::C3xx,
+    StatusClass::C4xx,
+    StatusClass::C5xx,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+/// Why forwarding to an upstream failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum UpstreamErrorKind {
+    connect,
+    timeout,
+    protocol,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub route: String,
+    pub kind: UpstreamErrorKind,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    success,
+    failure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: ReloadResult,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~13 s: proxied requests on loopback take tens of microseconds.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.5, 14,
+    ))
+}
+
+/// All metric families of one process.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by route and status class",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response head, by route",
+            latency.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream attempts, by route and kind",
+            upstream_errors.clone(),
+        );
+        let in_flight = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            in_flight,
+            reloads,
+        }
+    }
+
+    /// Handles for one route (or a pseudo-route such as `no_route` or `auth`).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let classes = CLASSES.map(|class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_owned(),
+                    class,
+                })
+                .clone()
+        });
+        let latency = self
+            .latency
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .clone();
+        let errors = [
+            UpstreamErrorKind::connect,
+            UpstreamErrorKind::timeout,
+            UpstreamErrorKind::protocol,
+        ]
+        .map(|kind| {
+            self.upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    route: route.to_owned(),
+                    kind,
+                })
+                .clone()
+        });
+        RouteMetrics {
+            classes,
+            latency,
+            errors,
+        }
+    }
+
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Pre-resolved metric handles of one route.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    classes: [Counter<u64, AtomicU64>; 5],
+    latency: Histogram,
+    errors: [Counter<u64, AtomicU64>; 3],
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let idx = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        self.classes[idx].inc();
+        self.latency.observe(seconds);
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        let idx = match kind {
+            UpstreamErrorKind::connect => 0,
+            UpstreamErrorKind::timeout => 1,
+            UpstreamErrorKind::protocol => 2,
+        };
+        self.errors[idx].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_handles_feed_the_registry() {
+        let m = Metrics::new();
+        let r = m.route("api");
+        r.observe(204, 0.001);
+        r.observe(503, 0.002);
+        r.upstream_error(UpstreamErrorKind::connect);
+        m.reload(ReloadResult::success);
+        let text = m.encode();
+        assert!(text.contains(r#"gatehouse_http_requests_total{route="api",class="2xx"} 1"#));
+        assert!(text.contains(r#"gatehouse_http_requests_total{route="api",class="5xx"} 1"#));
+        assert!(text.contains(r#"gatehouse_upstream_errors_total{route="api",kind="connect"} 1"#));
+        assert!(text.contains(r#"gatehouse_config_reloads_total{result="success"} 1"#));
+        assert!(text.contains("gatehouse_http_request_duration_seconds_bucket"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Client-visible failures and their one rendering: `application/problem+json` (RFC 9457).
+//!
+//! Every error the gateway itself produces ends here as an [`ApiError`]; `status()` and `code()`
+//! are the only place a failure becomes an HTTP status, and they match exhaustively so a new
+//! variant forces a decision. The codes are SPEC section 4's and are stable.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ResBody;
+
+/// Whose fault a failure is; it decides the log level and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// A failure answered by the gateway itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("this route requires a credential")]
+    MissingCredentials,
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: Vec<http::Method> },
+    #[error("not found")]
+    NotFound,
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("request headers larger than {limit} bytes")]
+    HeadersTooLarge { limit: u64 },
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("service unavailable: {0}")]
+    StoreUnavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MissingCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::NoRoute | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code (SPEC section 4).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::MissingCredentials => "missing_credentials",
+            ApiError::NoRoute => "no_route",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::NotFound => "not_found",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
+            ApiError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ApiError::UpstreamTimeout(_) => "upstream_timeout",
+            ApiError::StoreUnavailable(_) => "store_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn title(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "Invalid request",
+            ApiError::MissingCredentials => "Missing credentials",
+            ApiError::NoRoute => "No route",
+            ApiError::MethodNotAllowed { .. } => "Method not allowed",
+            ApiError::NotFound => "Not found",
+            ApiError::BodyTooLarge { .. } => "Body too large",
+            ApiError::HeadersTooLarge { .. } => "Headers too large",
+            ApiError::UpstreamUnavailable(_) => "Upstream unavailable",
+            ApiError::UpstreamTimeout(_) => "Upstream timeout",
+            ApiError::StoreUnavailable(_) => "Store unavailable",
+            ApiError::Internal(_) => "Internal error",
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ApiError::InvalidRequest(_)
+            | ApiError::MissingCredentials
+            | ApiError::NoRoute
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::NotFound
+            | ApiError::BodyTooLarge { .. }
+            | ApiError::HeadersTooLarge { .. } => Fault::Client,
+            ApiError::UpstreamUnavailable(_) | ApiError::UpstreamTimeout(_) => Fault::Upstream,
+            ApiError::StoreUnavailable(_) | ApiError::Internal(_) => Fault::Internal,
+        }
+    }
+
+    /// Detail shown to the client. Internal details stay in the logs.
+    fn detail(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "the gateway failed to handle this request".to_owned(),
+            ApiError::StoreUnavailable(_) => "the account store is unreachable".to_owned(),
+            ApiError::UpstreamUnavailable(_) => "no upstream target could be reached".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Renders the problem document.
+    pub fn into_response(self) -> Response<ResBody> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "status": status.as_u16(),
+            "code": self.code(),
+            "title": self.title(),
+            "detail": self.detail(),
+        });
+        let mut resp = Response::new(ResBody::full(Bytes::from(body.to_string())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let ApiError::MissingCredentials = &self {
+            // RFC 6750 section 3: no error attribute when no credential was sent.
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::MethodNotAllowed { allow } = &self {
+            let joined = allow
+                .iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(v) = HeaderValue::from_str(&joined) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// Walks every variant against the SPEC section 4 table.
+    #[test]
+    fn every_variant_has_the_spec_status_and_code() {
+        let table: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::InvalidRequest("x".into()), 400, "invalid_request"),
+            (ApiError::MissingCredentials, 401, "missing_credentials"),
+            (ApiError::NoRoute, 404, "no_route"),
+            (
+                ApiError::MethodNotAllowed { allow: vec![] },
+                405,
+                "method_not_allowed",
+            ),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (
+                ApiError::HeadersTooLarge { limit: 1 },
+                431,
+                "headers_too_large",
+            ),
+            (
+                ApiError::UpstreamUnavailable("x".into()),
+                502,
+                "upstream_unavailable",
+            ),
+            (
+                ApiError::UpstreamTimeout(std::time::Duration::from_secs(1)),
+                504,
+                "upstream_timeout",
+            ),
+            (
+                ApiError::StoreUnavailable("x".into()),
+                503,
+                "store_unavailable",
+            ),
+            (ApiError::Internal("x".into()), 500, "internal_error"),
+        ];
+        for (err, status, code) in table {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn renders_problem_json_with_allow() {
+        let resp = ApiError::MethodNotAllowed {
+            allow: vec![http::Method::GET, http::Method::POST],
+        }
+        .into_response();
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()["allow"], "GET, POST");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "method_not_allowed");
+        assert_eq!(v["status"], 405);
+    }
+
+    #[test]
+    fn internal_details_are_not_shown() {
+        let e = ApiError::Internal("db password is hunter2".into());
+        assert!(!e.detail().contains("hunter2"));
+    }
+}

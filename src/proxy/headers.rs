@@ -1,0 +1,274 @@
+//! Header rewriting, in SPEC section 3's order: hop-by-hop headers (and those named in
+//! `Connection`) go first, so a client cannot make the gateway drop a header it injects; then
+//! every header the gateway owns is deleted under any spelling an upstream framework may fold
+//! into the same name; only then are the real values set.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::principal::Principal;
+
+/// RFC 9110 section 7.6.1 plus the legacy names still seen in the wild.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
+
+/// Headers the gateway owns towards the upstream: a client may never set them.
+const OWNED: [&str; 8] = [
+    "x-user-id",
+    "x-user-email",
+    "x-user-name",
+    "x-user-roles",
+    "x-auth-method",
+    "x-auth-key-id",
+    "x-auth-session-id",
+    "x-gatehouse-assertion",
+];
+
+/// Whether this request asks for a protocol upgrade (WebSocket) that must be passed through.
+pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+    let upgrade = headers.get(header::UPGRADE)?;
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| upgrade.clone())
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`. `TE: trailers` survives
+/// because gRPC over HTTP/2 needs it end to end.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
+    }
+    let keep_te = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in HOP_BY_HOP {
+        if name == "te" && keep_te {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// True when `name` folds to `canonical` once `_` is read as `-` (names are lower-case already).
+fn folds_to(name: &str, canonical: &str) -> bool {
+    name.len() == canonical.len()
+        && name
+            .bytes()
+            .zip(canonical.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// Deletes every owned header under every spelling (`X_User_Id`, `x-user_id`, any case).
+pub fn remove_owned(headers: &mut HeaderMap) {
+    for name in OWNED {
+        headers.remove(name);
+    }
+    // Underscore variants are rare; only look for them when some header name has one.
+    let variants: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| OWNED.iter().any(|o| folds_to(k.as_str(), o)))
+        .cloned()
+        .collect();
+    for name in variants {
+        headers.remove(name);
+    }
+}
+
+/// Sets the identity headers of `principal`.
+pub fn inject_identity(headers: &mut HeaderMap, principal: &Principal) {
+    headers.insert(
+        X_AUTH_METHOD.clone(),
+        HeaderValue::from_static(principal.method.as_str()),
+    );
+    let pairs: [(&str, Option<&str>); 5] = [
+        ("x-user-id", principal.user_id.as_deref()),
+        ("x-user-email", principal.email.as_deref()),
+        ("x-user-name", principal.username.as_deref()),
+        ("x-auth-key-id", principal.key_id.as_deref()),
+        ("x-auth-session-id", principal.session_id.as_deref()),
+    ];
+    for (name, value) in pairs {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    if !principal.roles.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&principal.roles.join(","))
+    {
+        headers.insert(HeaderName::from_static("x-user-roles"), v);
+    }
+}
+
+/// What the gateway knows about the client's connection.
+pub struct ClientConn<'a> {
+    pub ip: IpAddr,
+    /// Whether `ip` is in `trusted_proxies`.
+    pub trusted: bool,
+    /// `http` or `https`: how the client reached the gateway.
+    pub scheme: &'static str,
+    /// The host the client addressed (Host header or `:authority`).
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// `X-Forwarded-For/Proto/Host`: a trusted proxy's values are kept (XFF extended with the
+/// peer); anyone else's are replaced, so a client cannot forge its address.
+pub fn set_forwarded(headers: &mut HeaderMap, conn: &ClientConn<'_>) {
+    let peer = conn.ip.to_string();
+    let xff = if conn.trusted {
+        let previous: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if previous.is_empty() {
+            peer
+        } else {
+            format!("{}, {}", previous.join(", "), peer)
+        }
+    } else {
+        headers.remove(header::FORWARDED);
+        peer
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(conn.scheme),
+        );
+    }
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match conn.host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, x-user-id"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+        let mut h = map(&[("te", "trailers")]);
+        remove_hop_by_hop(&mut h);
+        assert!(h.contains_key("te"));
+    }
+
+    #[test]
+    fn owned_headers_removed_under_every_spelling() {
+        let mut h = map(&[
+            ("X-User-Id", "evil"),
+            ("X_User_Id", "evil"),
+            ("x-user_roles", "admin"),
+            ("X_AUTH_METHOD", "api_key"),
+            ("x_request_id", "kept"),
+        ]);
+        remove_owned(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        inject_identity(&mut h, &Principal::anonymous());
+        assert_eq!(h["x-auth-method"], "anonymous");
+        assert!(!h.contains_key("x-user-id"));
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let host = HeaderValue::from_static("app.example.com");
+        let conn = |trusted| ClientConn {
+            ip: "10.0.0.7".parse().unwrap(),
+            trusted,
+            scheme: "http",
+            host: Some(&host),
+        };
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "forged"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
+        set_forwarded(&mut h, &conn(false));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert!(!h.contains_key("forwarded"));
+
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut h, &conn(true));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_requested(&h).unwrap(), "websocket");
+        let h = map(&[("upgrade", "websocket")]);
+        assert!(upgrade_requested(&h).is_none());
+    }
+}

@@ -1,0 +1,153 @@
+//! Picking a target and sending the request to it.
+//!
+//! Round-robin over the route's targets, skipping those that recently refused a connection
+//! (passive health). A request whose connection could not be established is retried once on
+//! another target: nothing was sent, so this is safe for every method. Nothing else is retried.
+//! The timeout covers the time to the upstream's response head; the body then streams for as
+//! long as it takes.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::{BodySlot, ReqBody, is_body_too_large};
+use crate::metrics::{RouteMetrics, UpstreamErrorKind};
+use crate::problem::ApiError;
+use crate::state::{Shared, TargetSlot, UpstreamSet};
+
+/// How long a target that refused a connection is skipped.
+pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything needed to (re)build the upstream request.
+pub struct Outgoing {
+    pub method: Method,
+    /// Path and query as sent upstream (after `strip_prefix`).
+    pub path_and_query: String,
+    /// Moved into the first attempt; copied only for routes with several targets.
+    pub headers: HeaderMap,
+    pub body: Option<BodySlot>,
+    pub body_empty: bool,
+    pub max_body: Option<u64>,
+}
+
+/// Index of the next target to try, preferring healthy ones; `skip` is one already tried.
+fn pick(set: &UpstreamSet, now_ms: u64, skip: Option<usize>) -> Option<usize> {
+    let n = set.targets.len();
+    if n == 0 {
+        return None;
+    }
+    let start = set.next.fetch_add(1, Ordering::Relaxed) % n;
+    let candidates = (0..n).map(|i| (start + i) % n).filter(|&i| Some(i) != skip);
+    let mut fallback = None;
+    for i in candidates {
+        if set.targets[i].down_until_ms.load(Ordering::Relaxed) <= now_ms {
+            return Some(i);
+        }
+        fallback.get_or_insert(i);
+    }
+    // Every candidate is marked down: try one anyway rather than fail without trying.
+    fallback
+}
+
+fn build(
+    slot: &TargetSlot,
+    out: &Outgoing,
+    headers: HeaderMap,
+    body: ReqBody,
+) -> Result<Request<ReqBody>, ApiError> {
+    let uri = Uri::builder()
+        .scheme(slot.target.scheme.clone())
+        .authority(slot.target.authority.clone())
+        .path_and_query(out.path_and_query.as_str())
+        .build()
+        .map_err(|e| ApiError::InvalidRequest(format!("cannot build upstream URI: {e}")))?;
+    let mut req = Request::new(body);
+    *req.method_mut() = out.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn body_for(out: &Outgoing) -> ReqBody {
+    match &out.body {
+        Some(slot) if !out.body_empty => ReqBody::new(slot.clone(), false, out.max_body),
+        _ => ReqBody::empty(),
+    }
+}
+
+/// Whether the client's body is still unread (so the request can go to another target).
+fn body_unread(out: &Outgoing) -> bool {
+    match &out.body {
+        None => true,
+        Some(_) if out.body_empty => true,
+        Some(slot) => match slot.lock() {
+            Ok(g) => g.is_some(),
+            Err(p) => p.into_inner().is_some(),
+        },
+    }
+}
+
+/// Sends `out` to one of the set's targets, with one failover on a connect error.
+pub async fn forward(
+    shared: &Shared,
+    set: &UpstreamSet,
+    metrics: &RouteMetrics,
+    mut out: Outgoing,
+) -> Result<Response<Incoming>, ApiError> {
+    let deadline = Instant::now() + set.timeout;
+    let mut tried: Option<usize> = None;
+    // Only a route with a second target can need the headers twice.
+    let mut spare = (set.targets.len() > 1).then(|| out.headers.clone());
+    let mut headers = Some(std::mem::take(&mut out.headers));
+    loop {
+        let Some(i) = pick(set, shared.now_ms(), tried) else {
+            return Err(ApiError::UpstreamUnavailable("route has no targets".into()));
+        };
+        let slot = &set.targets[i];
+        let Some(these) = headers.take().or_else(|| spare.take()) else {
+            return Err(ApiError::Internal("request headers already used".into()));
+        };
+        let req = build(slot, &out, these, body_for(&out))?;
+        let sent = tokio::time::timeout_at(deadline.into(), set.client.request(req)).await;
+        let err = match sent {
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(e)) => e,
+            Err(_elapsed) => {
+                metrics.upstream_error(UpstreamErrorKind::timeout);
+                return Err(ApiError::UpstreamTimeout(set.timeout));
+            }
+        };
+        if let Some(limit) = is_body_too_large(&err) {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        if err.is_connect() {
+            metrics.upstream_error(UpstreamErrorKind::connect);
+            slot.down_until_ms.store(
+                shared.now_ms() + FAIL_TIMEOUT.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            tracing::warn!(
+                target: "gatehouse::upstream",
+                upstream = %slot.target.authority,
+                error = %err,
+                "connect failed; target marked down for {FAIL_TIMEOUT:?}"
+            );
+            if tried.is_none() && set.targets.len() > 1 && body_unread(&out) {
+                tried = Some(i);
+                continue;
+            }
+            return Err(ApiError::UpstreamUnavailable(err.to_string()));
+        }
+        metrics.upstream_error(UpstreamErrorKind::protocol);
+        tracing::warn!(
+            target: "gatehouse::upstream",
+            upstream = %slot.target.authority,
+            error = ?err,
+            "upstream request failed"
+        );
+        return Err(ApiError::UpstreamUnavailable(err.to_string()));
+    }
+}

@@ -1,0 +1,50 @@
+//! The admin listener: `/healthz` (process alive), `/readyz` (config loaded, store reachable),
+//! `/metrics` (Prometheus text). It never serves proxied traffic.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::ResBody;
+use crate::problem::ApiError;
+use crate::state::{LiveSnapshot, Shared};
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ResBody> {
+    let mut resp = Response::new(ResBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Answers one admin request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    live: LiveSnapshot,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
+    let resp = match (req.method().as_str(), req.uri().path()) {
+        ("GET" | "HEAD", "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        ("GET" | "HEAD", "/readyz") => {
+            // A snapshot exists only once a config was loaded; the store check joins here when
+            // the store does.
+            let snapshot = live.load();
+            let body = serde_json::json!({
+                "status": "ready",
+                "config": snapshot.config.source.display().to_string(),
+                "routes": snapshot.routes.len(),
+            });
+            text(StatusCode::OK, "application/json", body.to_string())
+        }
+        ("GET" | "HEAD", "/metrics") => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        _ => ApiError::NotFound.into_response(),
+    };
+    Ok(resp)
+}

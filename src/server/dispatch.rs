@@ -1,0 +1,174 @@
+//! One request, start to finish: load the config snapshot, build the `RequestCtx`, hand the
+//! request to the gateway's own endpoints or to the router and proxy, then render any error
+//! once, add `X-Request-Id`, record metrics and write the access log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::ResBody;
+use crate::metrics::RouteMetrics;
+use crate::problem::{ApiError, Fault};
+use crate::proxy;
+use crate::proxy::headers::X_REQUEST_ID;
+use crate::router::{RouteMiss, normalize_host, normalize_path};
+use crate::state::{RequestCtx, Shared, Snapshot};
+use crate::telemetry;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.metrics.in_flight.inc();
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// Size of the request head as it arrived: request target plus `name: value\r\n` per header.
+fn head_size(uri: &http::Uri, headers: &HeaderMap) -> u64 {
+    let fields: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (uri.path_and_query().map_or(1, |p| p.as_str().len()) + fields) as u64
+}
+
+/// True when `path` is answered by the gateway itself on every host.
+fn is_own_endpoint(snapshot: &Snapshot, path: &str) -> bool {
+    let prefix = snapshot.config.accounts.prefix.as_str();
+    crate::router::prefix_matches(prefix, path) || path.starts_with("/.well-known/")
+}
+
+/// Serves one request; never fails (errors become problem responses).
+pub async fn handle(
+    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ResBody> {
+    let _in_flight = InFlight::new(&shared);
+    let started_at = Instant::now();
+    let config = &snapshot.config;
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| telemetry::valid_request_id(v))
+        .cloned()
+        .unwrap_or_else(telemetry::new_request_id);
+    let client_ip = conn.peer.ip();
+    let mut ctx = RequestCtx {
+        request_id,
+        client_ip,
+        trusted_peer: config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&client_ip)),
+        scheme: if conn.tls { "https" } else { "http" },
+        started_at,
+        route: None,
+        principal: None,
+    };
+    let method = req.method().clone();
+    let path = normalize_path(req.uri().path()).into_owned();
+
+    let result = route_and_serve(&shared, &snapshot, &mut ctx, &path, req).await;
+    let (mut resp, code) = match result {
+        Ok(resp) => (resp, None),
+        Err(err) => {
+            match err.fault() {
+                Fault::Client => {}
+                Fault::Upstream => {
+                    tracing::warn!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "upstream failure")
+                }
+                Fault::Internal => {
+                    tracing::error!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "internal failure")
+                }
+            }
+            let code = err.code();
+            (err.into_response(), Some(code))
+        }
+    };
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+
+    let status = resp.status().as_u16();
+    let elapsed = started_at.elapsed();
+    let (metrics, route_name): (&RouteMetrics, &str) = match ctx.route {
+        Some(i) => match snapshot.routes.get(i) {
+            Some(r) => (&r.metrics, r.config.name.as_str()),
+            None => (&snapshot.unrouted, "-"),
+        },
+        None if is_own_endpoint(&snapshot, &path) => (&snapshot.endpoints, "gatehouse"),
+        None => (&snapshot.unrouted, "-"),
+    };
+    metrics.observe(status, elapsed.as_secs_f64());
+    if config.log.access_log {
+        telemetry::access(&telemetry::AccessRecord {
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            client_ip,
+            method: &method,
+            path: &path,
+            route: route_name,
+            status,
+            elapsed,
+            code,
+        });
+    }
+    resp
+}
+
+async fn route_and_serve(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    path: &str,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, ApiError> {
+    let limit = snapshot.config.limits.max_header_bytes;
+    if head_size(req.uri(), req.headers()) > limit {
+        return Err(ApiError::HeadersTooLarge { limit });
+    }
+    if is_own_endpoint(snapshot, path) {
+        // The account API and discovery documents arrive with the accounts issue.
+        return Err(ApiError::NotFound);
+    }
+    let raw_host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let host = normalize_host(raw_host);
+    let index = snapshot
+        .router
+        .find(&host, path, req.method())
+        .map_err(|miss| match miss {
+            RouteMiss::NoRoute => ApiError::NoRoute,
+            RouteMiss::MethodNotAllowed(allow) => ApiError::MethodNotAllowed { allow },
+        })?;
+    ctx.route = Some(index);
+    let Some(route) = snapshot.routes.get(index) else {
+        return Err(ApiError::Internal(
+            "router returned an unknown route".into(),
+        ));
+    };
+    proxy::handle(shared, ctx, route, path, req).await
+}

@@ -1,0 +1,179 @@
+//! Running the gateway: bind the proxy and admin listeners, serve, reload on SIGHUP or a file
+//! change, and on SIGTERM/SIGINT stop accepting and drain in-flight requests before returning.
+
+pub mod admin;
+pub mod dispatch;
+pub mod listener;
+pub mod reload;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::state::{LiveSnapshot, Shared, Snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[from] notify::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A gateway with its listeners bound, ready to serve.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    pub live: LiveSnapshot,
+    proxy: TcpListener,
+    admin: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Gateway {
+    /// Binds the listeners of `config` (port 0 picks a free port; see [`Gateway::proxy_addr`]).
+    pub async fn bind(config: Config) -> Result<Gateway, ServerError> {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(listener::tls_acceptor)
+            .transpose()?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
+        let proxy = bind(config.listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let shared = Arc::new(Shared::new(Arc::new(Metrics::new())));
+        let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &shared)));
+        Ok(Gateway {
+            shared,
+            live,
+            proxy,
+            admin,
+            tls,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
+        self.proxy.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains (bounded by `limits.drain_timeout`).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let snapshot = self.live.load();
+        let drain = snapshot.config.limits.drain_timeout;
+        let builder = listener::builder(&snapshot.config.limits);
+        drop(snapshot);
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let (shared, live) = (self.shared.clone(), self.live.clone());
+        let proxy = listener::serve(
+            self.proxy,
+            self.tls,
+            builder.clone(),
+            stop_rx.clone(),
+            drain,
+            move |peer, tls| {
+                let (shared, live) = (shared.clone(), live.clone());
+                let conn = dispatch::ConnInfo { peer, tls };
+                move |req| {
+                    let shared = shared.clone();
+                    let snapshot = live.load_full();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            dispatch::handle(shared, snapshot, conn, req).await,
+                        )
+                    }
+                }
+            },
+        );
+        let (shared, live) = (self.shared.clone(), self.live.clone());
+        let admin = listener::serve(
+            self.admin,
+            None,
+            builder,
+            stop_rx,
+            drain,
+            move |_peer, _tls| {
+                let (shared, live) = (shared.clone(), live.clone());
+                move |req| admin::handle(shared.clone(), live.clone(), req)
+            },
+        );
+        let stopper = async move {
+            shutdown.await;
+            tracing::info!(target: "gatehouse::server", "shutting down: draining in-flight requests");
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(proxy, admin, stopper);
+    }
+}
+
+/// `gatehouse serve`: bind, print the ready line, serve with signal handling and reloads.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let path = config.source.clone();
+    let gateway = Gateway::bind(config).await?;
+    let proxy_addr = gateway.proxy_addr().map_err(ServerError::Signal)?;
+    let admin_addr = gateway.admin_addr().map_err(ServerError::Signal)?;
+
+    let (tick_tx, tick_rx) = mpsc::channel(1);
+    let (watcher, mut file_ticks) = reload::watch(&path)?;
+    let forward_ticks = tick_tx.clone();
+    tokio::spawn(async move {
+        while file_ticks.recv().await.is_some() {
+            let _ = forward_ticks.try_send(());
+        }
+    });
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(target: "gatehouse::reload", "SIGHUP received");
+            let _ = tick_tx.try_send(());
+        }
+    });
+    tokio::spawn(reload::run(
+        gateway.shared.clone(),
+        gateway.live.clone(),
+        path,
+        tick_rx,
+    ));
+
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    tracing::info!(target: "gatehouse::server", listen = %proxy_addr, admin = %admin_addr, "gatehouse started");
+    // The machine-readable ready line that tests and supervisors wait for.
+    println!(
+        "{}",
+        serde_json::json!({"ready": true, "listen": proxy_addr.to_string(), "admin": admin_addr.to_string()})
+    );
+    gateway.serve(shutdown).await;
+    drop(watcher);
+    tracing::info!(target: "gatehouse::server", "stopped");
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one binary, real servers on loopback (DESIGN "tests/it").
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod check;
+mod operations;
+mod protocols;
+mod proxy;
+mod streaming;
+mod support;

@@ -1,0 +1,134 @@
+//! Operating the gateway: admin endpoints, reload under load, graceful drain on SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, Gateway, get, upstream};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_listener_serves_health_readiness_and_metrics_only() {
+    let up = upstream::named("up").await;
+    let gw = Gateway::start(&format!(
+        "routes:\n{}",
+        support::route("api", "/", &format!("\"http://{up}\""))
+    ));
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/x")).await.status, 200);
+    }
+    assert_eq!(get(&gw.admin_url("/healthz")).await.status, 200);
+    let ready = get(&gw.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "ready");
+    let metrics = get(&gw.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for needle in [
+        r#"gatehouse_http_requests_total{route="api",class="2xx"} 3"#,
+        "gatehouse_http_request_duration_seconds_bucket{",
+        "gatehouse_http_requests_in_flight",
+        "gatehouse_upstream_errors_total",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    // The admin listener never proxies.
+    let ans = get(&gw.admin_url("/x")).await;
+    assert_eq!(ans.status, 404);
+    // One access line per proxied request.
+    assert!(gw.wait_log("gatehouse::access", Duration::from_secs(2)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_under_steady_traffic_drops_nothing_and_bad_configs_are_refused() {
+    let a = upstream::named("a").await;
+    let b = upstream::named("b").await;
+    let one = format!(
+        "routes:\n{}",
+        support::route("main", "/", &format!("\"http://{a}\""))
+    );
+    let two = format!(
+        "routes:\n{}{}",
+        support::route("main", "/", &format!("\"http://{a}\"")),
+        support::route("new", "/new", &format!("\"http://{b}\""))
+    );
+    let gw = Gateway::start(&one);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), gw.url("/steady"));
+        workers.push(tokio::spawn(async move {
+            let client = support::client();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let req = http::Request::get(&url).body(support::empty()).unwrap();
+                match client.request(req).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        let _ = support::collect(resp).await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for round in 0..4 {
+        gw.rewrite_config(if round % 2 == 0 { &two } else { &one });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    gw.rewrite_config(&two);
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&gw.url("/new/x")).await.json()["upstream"], "b");
+
+    // An invalid config is refused and the running one keeps serving.
+    gw.rewrite_config("routes:\n  - name: broken\n    upstrem: {}\n");
+    gw.signal("HUP");
+    assert!(
+        gw.wait_log("new configuration refused", Duration::from_secs(3)),
+        "no refusal logged"
+    );
+    assert!(gw.stderr().contains("upstrem"), "the log names the error");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(&gw.url("/new/x")).await.json()["upstream"], "b");
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("steady stream: {ok} ok, {failed} failed");
+    assert!(ok > 100, "too few requests ran: {ok}");
+    assert_eq!(failed, 0);
+    let metrics = String::from_utf8_lossy(&get(&gw.admin_url("/metrics")).await.body).into_owned();
+    assert!(
+        metrics.contains(r#"gatehouse_config_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
+    let up = upstream::named("slow").await;
+    let mut gw = Gateway::start(&format!(
+        "limits: {{ drain_timeout: 10s }}\nroutes:\n{}",
+        support::route("slow", "/", &format!("\"http://{up}\""))
+    ));
+    let url = gw.url("/?delay=1500");
+    let slow = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+    assert!(gw.wait_log("draining", Duration::from_secs(2)));
+    // New connections are no longer accepted while draining.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
+    let ans = slow.await.unwrap();
+    assert_eq!(ans.status, 200);
+    assert_eq!(ans.json()["upstream"], "slow");
+    assert_eq!(gw.wait_exit(Duration::from_secs(5)), Some(0));
+}

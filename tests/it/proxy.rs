@@ -1,0 +1,341 @@
+//! Routing, header rewriting and upstream failure handling through the real binary.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{self, Gateway, empty, get, send, upstream};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_precedence_strip_prefix_and_misses() {
+    let a = upstream::named("any-root").await;
+    let b = upstream::named("any-api").await;
+    let c = upstream::named("wild").await;
+    let d = upstream::named("exact").await;
+    let e = upstream::named("exact-v2").await;
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - name: any-root
+    match: {{ path_prefix: / }}
+    upstream: {{ targets: ["http://{a}"] }}
+    auth: public
+  - name: any-api
+    match: {{ path_prefix: /api, methods: [GET, HEAD] }}
+    upstream: {{ targets: ["http://{b}"] }}
+    auth: public
+    strip_prefix: /api
+  - name: wild
+    match: {{ host: "*.example.com", path_prefix: / }}
+    upstream: {{ targets: ["http://{c}"] }}
+    auth: public
+  - name: exact
+    match: {{ host: api.example.com, path_prefix: /, methods: [GET] }}
+    upstream: {{ targets: ["http://{d}"] }}
+    auth: public
+  - name: exact-v2
+    match: {{ host: api.example.com, path_prefix: /v2/ }}
+    upstream: {{ targets: ["http://{e}"] }}
+    auth: public
+"#
+    ));
+    let via = |host: &'static str, method: &'static str, path: &'static str| {
+        let url = gw.url(path);
+        async move {
+            let ans = send(method, &url, &[("host", host)], empty()).await;
+            (ans.status, ans.json())
+        }
+    };
+    let cases = [
+        ("api.example.com", "GET", "/x", "exact"),
+        ("API.Example.com:8080", "GET", "/v2/items", "exact-v2"),
+        // Host specificity beats prefix length.
+        ("api.example.com", "GET", "/api/x", "exact"),
+        // A method the exact route refuses falls through to the wildcard.
+        ("api.example.com", "POST", "/x", "wild"),
+        ("a.b.example.com", "GET", "/", "wild"),
+        ("example.com", "GET", "/api/users", "any-api"),
+        ("other.test", "GET", "/apix", "any-root"),
+        ("other.test", "POST", "/api/x", "any-root"),
+        // Dot segments are resolved before routing.
+        ("other.test", "GET", "/x/../api/y", "any-api"),
+    ];
+    for (host, method, path, want) in cases {
+        let (status, json) = via(host, method, path).await;
+        assert_eq!(status, 200, "{host} {method} {path}");
+        assert_eq!(json["upstream"], want, "{host} {method} {path}");
+    }
+    // strip_prefix: /api/users reaches the upstream as /users, /api as /.
+    let (_, json) = via("x.test", "GET", "/api/users?q=1").await;
+    assert_eq!(json["path"], "/users");
+    assert_eq!(json["query"], "q=1");
+    let (_, json) = via("x.test", "GET", "/api").await;
+    assert_eq!(json["path"], "/");
+
+    // The account prefix and discovery documents belong to the gateway, even with a catch-all.
+    for path in ["/auth/whatever", "/.well-known/jwks.json"] {
+        let ans = get(&gw.url(path)).await;
+        assert_eq!(ans.status, 404, "{path}");
+        assert_eq!(ans.json()["code"], "not_found", "{path}");
+    }
+    drop(gw);
+
+    // Without a catch-all route: 404 no_route; the account prefix is never proxied.
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - name: api
+    match: {{ path_prefix: /api }}
+    upstream: {{ targets: ["http://{a}"] }}
+    auth: public
+  - name: put-only
+    match: {{ host: strict.test, path_prefix: /, methods: [PUT] }}
+    upstream: {{ targets: ["http://{a}"] }}
+    auth: public
+"#
+    ));
+    let ans = get(&gw.url("/elsewhere")).await;
+    assert_eq!(ans.status, 404);
+    assert_eq!(ans.json()["code"], "no_route");
+    assert!(ans.headers.contains_key("x-request-id"));
+    // Host and path match only a PUT route: 405 with Allow.
+    let ans = send(
+        "GET",
+        &gw.url("/thing"),
+        &[("host", "strict.test")],
+        empty(),
+    )
+    .await;
+    assert_eq!(ans.status, 405);
+    assert_eq!(ans.headers["allow"], "PUT");
+    assert_eq!(ans.headers["content-type"], "application/problem+json");
+    assert_eq!(ans.json()["code"], "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_and_owned_headers_are_removed_both_ways() {
+    let up = upstream::named("up").await;
+    let gw = Gateway::start(&format!(
+        "routes:\n{}",
+        support::route("all", "/", &format!("\"http://{up}\""))
+    ));
+    let ans = send(
+        "GET",
+        &gw.url("/h?hop=1"),
+        &[
+            ("connection", "keep-alive, x-private, x-forwarded-for"),
+            ("x-private", "must not pass"),
+            ("keep-alive", "timeout=10"),
+            ("te", "gzip"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-user-id", "forged"),
+            ("x_user_id", "forged"),
+            ("X-User_Roles", "admin"),
+            ("x-auth-method", "api_key"),
+            ("x-custom", "kept"),
+        ],
+        empty(),
+    )
+    .await;
+    assert_eq!(ans.status, 200);
+    let seen = ans.json()["headers"].clone();
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-user-id",
+        "x_user_id",
+        "x-user_roles",
+    ] {
+        assert!(
+            seen.get(gone).is_none(),
+            "{gone} reached the upstream: {seen}"
+        );
+    }
+    assert_eq!(seen["x-custom"], "kept");
+    assert_eq!(seen["x-auth-method"], "anonymous");
+    // Naming X-Forwarded-For in Connection cannot strip the one the gateway sets.
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    // Upstream hop-by-hop response headers are removed too.
+    assert!(!ans.headers.contains_key("x-upstream-private"));
+    assert!(!ans.headers.contains_key("keep-alive"));
+    assert!(!ans.headers.contains_key("proxy-authenticate"));
+    assert_eq!(ans.headers["x-upstream-public"], "yes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_for_is_replaced_from_untrusted_and_extended_from_trusted() {
+    let up = upstream::named("up").await;
+    let routes = format!(
+        "routes:\n{}",
+        support::route("all", "/", &format!("\"http://{up}\""))
+    );
+    let forged = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "forged.example"),
+        ("host", "app.test"),
+    ];
+
+    let untrusted = Gateway::start(&routes);
+    let ans = send("GET", &untrusted.url("/"), &forged, empty()).await;
+    assert_eq!(ans.seen("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(ans.seen("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(ans.seen("x-forwarded-host").as_deref(), Some("app.test"));
+
+    let trusted = Gateway::start(&format!("trusted_proxies: [127.0.0.1/32]\n{routes}"));
+    let ans = send("GET", &trusted.url("/"), &forged, empty()).await;
+    assert_eq!(
+        ans.seen("x-forwarded-for").as_deref(),
+        Some("6.6.6.6, 127.0.0.1")
+    );
+    assert_eq!(ans.seen("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        ans.seen("x-forwarded-host").as_deref(),
+        Some("forged.example")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_id_is_kept_when_valid_and_generated_otherwise() {
+    let up = upstream::named("up").await;
+    let gw = Gateway::start(&format!(
+        "routes:\n{}",
+        support::route("all", "/", &format!("\"http://{up}\""))
+    ));
+    let ans = send(
+        "GET",
+        &gw.url("/"),
+        &[("x-request-id", "abc-123.X_y")],
+        empty(),
+    )
+    .await;
+    assert_eq!(ans.headers["x-request-id"], "abc-123.X_y");
+    assert_eq!(ans.seen("x-request-id").as_deref(), Some("abc-123.X_y"));
+    let ans = send("GET", &gw.url("/"), &[("x-request-id", "bad id!")], empty()).await;
+    let generated = ans.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 32);
+    assert_eq!(ans.seen("x-request-id"), Some(generated));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_upstream_is_502_and_a_second_target_takes_over() {
+    let dead = upstream::refused();
+    let live = upstream::named("live").await;
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - name: dead
+    match: {{ path_prefix: /dead }}
+    upstream: {{ targets: ["http://{dead}"], connect_timeout: 500ms }}
+    auth: public
+  - name: pair
+    match: {{ path_prefix: / }}
+    upstream: {{ targets: ["http://{dead}", "http://{live}"] }}
+    auth: public
+"#
+    ));
+    let ans = get(&gw.url("/dead")).await;
+    assert_eq!(ans.status, 502);
+    assert_eq!(ans.json()["code"], "upstream_unavailable");
+
+    // Every request succeeds: the refused connect is retried once on the live target, and the
+    // dead one is then skipped. A POST body survives the retry.
+    for i in 0..20 {
+        let ans = send("POST", &gw.url("/p"), &[], support::full(vec![b'x'; 1000])).await;
+        assert_eq!(ans.status, 200, "request {i}");
+        assert_eq!(ans.json()["upstream"], "live");
+        assert_eq!(ans.json()["body_bytes"], 1000);
+    }
+    let metrics = get(&gw.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(r#"gatehouse_upstream_errors_total{route="pair",kind="connect"}"#))
+        .unwrap_or_else(|| panic!("no connect error metric:\n{text}"));
+    let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    // Passive health: the dead target was tried once, not once per request.
+    assert!((1..=2).contains(&count), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_is_504_within_the_timeout() {
+    let up = upstream::named("slow").await;
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - name: slow
+    match: {{ path_prefix: / }}
+    upstream: {{ targets: ["http://{up}"], timeout: 300ms }}
+    auth: public
+"#
+    ));
+    let started = Instant::now();
+    let ans = get(&gw.url("/?delay=5000")).await;
+    let took = started.elapsed();
+    assert_eq!(ans.status, 504);
+    assert_eq!(ans.json()["code"], "upstream_timeout");
+    assert!(took >= Duration::from_millis(290), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // A fast answer on the same route is unaffected.
+    assert_eq!(get(&gw.url("/?delay=10")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_headers_431_and_bodies_413() {
+    let up = upstream::named("up").await;
+    let gw = Gateway::start(&format!(
+        r#"
+limits: {{ max_header_bytes: 8KiB }}
+routes:
+  - name: small
+    match: {{ path_prefix: / }}
+    upstream: {{ targets: ["http://{up}"] }}
+    auth: public
+    max_body: 1KiB
+"#
+    ));
+    let big = "v".repeat(10 * 1024);
+    let ans = send("GET", &gw.url("/"), &[("x-big", &big)], empty()).await;
+    assert_eq!(ans.status, 431);
+    assert_eq!(ans.headers["content-type"], "application/problem+json");
+    assert_eq!(ans.json()["code"], "headers_too_large");
+
+    // Declared length over the limit: refused before the upstream sees anything.
+    let ans = send("POST", &gw.url("/"), &[], support::full(vec![0u8; 2048])).await;
+    assert_eq!(ans.status, 413);
+    assert_eq!(ans.json()["code"], "body_too_large");
+
+    // Chunked (no length): counted while streaming.
+    let chunks = futures_util::stream::iter((0..8).map(|_| {
+        Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from(vec![1u8; 512])))
+    }));
+    let body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+        http_body_util::StreamBody::new(chunks),
+        |e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>,
+    ));
+    let ans = send("POST", &gw.url("/"), &[], body).await;
+    assert_eq!(ans.status, 413);
+    assert_eq!(ans.json()["code"], "body_too_large");
+
+    // Within the limits all is well.
+    let ans = send("POST", &gw.url("/"), &[], support::full(vec![0u8; 1000])).await;
+    assert_eq!(ans.status, 200);
+    assert_eq!(ans.json()["body_bytes"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_routes_refuse_anonymous_callers() {
+    let up = upstream::named("up").await;
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - name: private
+    match: {{ path_prefix: / }}
+    upstream: {{ targets: ["http://{up}"] }}
+"#
+    ));
+    let ans = get(&gw.url("/")).await;
+    assert_eq!(ans.status, 401);
+    assert_eq!(ans.headers["www-authenticate"], "Bearer");
+    assert_eq!(ans.json()["code"], "missing_credentials");
+}

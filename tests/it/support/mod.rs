@@ -1,0 +1,333 @@
+//! Test support: the real `gatehouse` binary started on free loopback ports, small upstreams
+//! running inside the test process, and an HTTP client.
+//!
+//! A gateway's stderr is captured and printed when the test that owns it fails.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A running `gatehouse` process.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn read_ready(child: &mut Child) -> serde_json::Value {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no ready line within 20 s");
+    serde_json::from_str(&line).expect("ready line is JSON")
+}
+
+fn capture_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().expect("stderr");
+    let sink = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    buf
+}
+
+impl Gateway {
+    /// Writes `yaml` (with `listen`/`admin_listen` on port 0 added unless present) and starts
+    /// `gatehouse serve` on it.
+    pub fn start(yaml: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.yaml");
+        let mut text = String::new();
+        if !yaml.contains("listen:") {
+            text.push_str("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n");
+        }
+        if !yaml.contains("store:") {
+            text.push_str(&format!(
+                "store: {{ kind: sqlite, path: {}/gatehouse.db }}\n",
+                dir.path().display()
+            ));
+        }
+        text.push_str(yaml);
+        std::fs::write(&config_path, &text).unwrap();
+        Self::spawn(dir, config_path)
+    }
+
+    fn spawn(dir: tempfile::TempDir, config_path: PathBuf) -> Gateway {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gatehouse");
+        let stderr = capture_stderr(&mut child);
+        let ready =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_ready(&mut child)));
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                std::thread::sleep(Duration::from_millis(200));
+                eprintln!("--- gatehouse stderr ---\n{}", stderr.lock().unwrap());
+                std::panic::resume_unwind(e);
+            }
+        };
+        Gateway {
+            addr: ready["listen"].as_str().unwrap().parse().unwrap(),
+            admin: ready["admin"].as_str().unwrap().parse().unwrap(),
+            child,
+            dir,
+            config_path,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Rewrites the config file in place (keeping the bound ports).
+    pub fn rewrite_config(&self, yaml: &str) {
+        let text = format!(
+            "listen: {}\nadmin_listen: {}\nstore: {{ kind: sqlite, path: {}/gatehouse.db }}\n{}",
+            self.addr,
+            self.admin,
+            self.dir.path().display(),
+            yaml
+        );
+        let tmp = self.dir.path().join(".gateway.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Waits until the process exits and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// `VmRSS` and `VmHWM` (peak) of the process, in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            std::thread::sleep(Duration::from_millis(50));
+            eprintln!(
+                "--- gatehouse stderr ({}) ---\n{}",
+                self.config_path.display(),
+                self.stderr()
+            );
+        }
+    }
+}
+
+/// `gatehouse echo` as a separate process.
+pub struct Echo {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let mut child = Command::new(BIN)
+            .args(["echo", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gatehouse echo");
+        let ready = read_ready(&mut child);
+        Echo {
+            addr: ready["listen"].as_str().unwrap().parse().unwrap(),
+            child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `gatehouse check` and returns (exit code, stdout, stderr).
+pub fn check(config: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(config)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An HTTP/1.1 client with a connection pool.
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn empty() -> TestBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A collected answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The header the upstream echo saw (lower-case name), if any.
+    pub fn seen(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_owned)
+    }
+}
+
+pub async fn collect(resp: Response<hyper::body::Incoming>) -> Answer {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends a request built from `method`, `url` and headers, and collects the answer.
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: TestBody) -> Answer {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(body).unwrap()).await.unwrap();
+    collect(resp).await
+}
+
+pub async fn get(url: &str) -> Answer {
+    send("GET", url, &[], empty()).await
+}
+
+/// A route config block to the given upstream base URL.
+pub fn route(name: &str, path_prefix: &str, upstream: &str) -> String {
+    format!(
+        "  - name: {name}\n    match: {{ path_prefix: {path_prefix} }}\n    upstream: {{ targets: [{upstream}] }}\n    auth: public\n"
+    )
+}

@@ -132,3 +132,30 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     assert_eq!(ans.json()["upstream"], "slow");
     assert_eq!(gw.wait_exit(Duration::from_secs(5)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_config_file_is_picked_up_without_a_signal() {
+    let a = upstream::named("a").await;
+    let b = upstream::named("b").await;
+    let gw = Gateway::start(&format!(
+        "routes:\n{}",
+        support::route("main", "/", &format!("\"http://{a}\""))
+    ));
+    assert_eq!(get(&gw.url("/x")).await.json()["upstream"], "a");
+    gw.rewrite_config(&format!(
+        "routes:\n{}",
+        support::route("main", "/", &format!("\"http://{b}\""))
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if get(&gw.url("/x")).await.json()["upstream"] == "b" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "file change not picked up within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.stderr().contains("configuration reloaded"));
+}

@@ -16,4 +16,5 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod telemetry;

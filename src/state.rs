@@ -14,9 +14,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::body::ReqBody;
-use crate::config::{Config, RateLimitPolicy, RouteConfig, Target};
+use crate::config::{Config, RateLimitPolicy, RouteConfig, StoreConfig, Target};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::Router;
+use crate::store::{SqliteStore, Store, StoreError};
 
 /// The client every upstream request goes through.
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
@@ -24,9 +25,23 @@ pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Re
 /// How long idle upstream connections are kept in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Opens the store the config names. Blocking (file I/O, migrations): call it from
+/// `spawn_blocking` or before the runtime serves requests.
+pub fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match cfg {
+        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
+        // The shared backend is issue 5's; refuse clearly rather than pretend.
+        StoreConfig::Redis { .. } => Err(StoreError::Unavailable(
+            "store.kind redis is not supported by this build yet; use sqlite".into(),
+        )),
+    }
+}
+
 /// State that outlives config reloads.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
+    /// Chosen at start; a reload cannot switch stores.
+    pub store: Arc<dyn Store>,
     /// One pooled client per distinct connect timeout, kept across reloads so a reload does not
     /// throw away warm upstream connections.
     clients: Mutex<HashMap<Duration, UpstreamClient>>,
@@ -41,9 +56,10 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub fn new(metrics: Arc<Metrics>) -> Shared {
+    pub fn new(metrics: Arc<Metrics>, store: Arc<dyn Store>) -> Shared {
         Shared {
             metrics,
+            store,
             clients: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         }

@@ -12,6 +12,9 @@ use crate::body::ResBody;
 use crate::problem::ApiError;
 use crate::state::{LiveSnapshot, Shared};
 
+/// How long `/readyz` waits for the store.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ResBody> {
     let mut resp = Response::new(ResBody::full(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -29,15 +32,29 @@ pub async fn handle(
     let resp = match (req.method().as_str(), req.uri().path()) {
         ("GET" | "HEAD", "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         ("GET" | "HEAD", "/readyz") => {
-            // A snapshot exists only once a config was loaded; the store check joins here when
-            // the store does.
+            // A snapshot exists only once a config was loaded; the store must answer too.
+            let store = match tokio::time::timeout(READY_TIMEOUT, shared.store.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {READY_TIMEOUT:?}")),
+            };
             let snapshot = live.load();
             let body = serde_json::json!({
-                "status": "ready",
+                "status": if store.is_ok() { "ready" } else { "not_ready" },
                 "config": snapshot.config.source.display().to_string(),
                 "routes": snapshot.routes.len(),
+                "store": {
+                    "kind": shared.store.kind(),
+                    "ok": store.is_ok(),
+                    "error": store.err(),
+                },
             });
-            text(StatusCode::OK, "application/json", body.to_string())
+            let status = if body["store"]["ok"] == true {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(status, "application/json", body.to_string())
         }
         ("GET" | "HEAD", "/metrics") => text(
             StatusCode::OK,

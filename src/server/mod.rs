@@ -26,6 +26,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot watch the config file: {0}")]
@@ -58,7 +60,11 @@ impl Gateway {
         };
         let proxy = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
-        let shared = Arc::new(Shared::new(Arc::new(Metrics::new())));
+        let store_cfg = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || crate::state::open_store(&store_cfg))
+            .await
+            .map_err(|e| crate::store::StoreError::Internal(e.to_string()))??;
+        let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
         let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &shared)));
         Ok(Gateway {
             shared,

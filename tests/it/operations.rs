@@ -20,6 +20,10 @@ async fn admin_listener_serves_health_readiness_and_metrics_only() {
     let ready = get(&gw.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "ready");
+    assert_eq!(ready.json()["store"]["kind"], "sqlite");
+    assert_eq!(ready.json()["store"]["ok"], true);
+    // The embedded store was created where the config said.
+    assert!(gw.dir.path().join("gatehouse.db").exists());
     let metrics = get(&gw.admin_url("/metrics")).await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     for needle in [

@@ -27,7 +27,7 @@ pub enum BodyError {
 #[derive(Debug)]
 pub enum ResBody {
     Full(Full<Bytes>),
-    Upstream(Incoming),
+    Upstream(crate::pool::PooledBody),
 }
 
 impl ResBody {

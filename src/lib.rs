@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod echo;
 pub mod metrics;
+pub mod pool;
 pub mod principal;
 pub mod problem;
 pub mod proxy;

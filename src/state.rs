@@ -8,22 +8,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
-use crate::body::ReqBody;
 use crate::config::{Config, RateLimitPolicy, RouteConfig, StoreConfig, Target};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::pool::{Endpoint, Pool};
 use crate::router::Router;
 use crate::store::{SqliteStore, Store, StoreError};
-
-/// The client every upstream request goes through.
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
-
-/// How long idle upstream connections are kept in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use arc_swap::ArcSwap;
 
 /// Opens the store the config names. Blocking (file I/O, migrations): call it from
 /// `spawn_blocking` or before the runtime serves requests.
@@ -42,9 +32,11 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Chosen at start; a reload cannot switch stores.
     pub store: Arc<dyn Store>,
-    /// One pooled client per distinct connect timeout, kept across reloads so a reload does not
-    /// throw away warm upstream connections.
-    clients: Mutex<HashMap<Duration, UpstreamClient>>,
+    /// One connection pool per (target, connect timeout), kept across reloads so a reload does
+    /// not throw away warm upstream connections.
+    pools: Mutex<HashMap<(Target, Duration), Arc<Pool>>>,
+    /// Client TLS settings for `https` targets (Mozilla's roots), built on first use.
+    tls: std::sync::OnceLock<tokio_rustls::TlsConnector>,
     /// Origin of the monotonic milliseconds used by target health.
     pub epoch: Instant,
 }
@@ -60,7 +52,8 @@ impl Shared {
         Shared {
             metrics,
             store,
-            clients: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            tls: std::sync::OnceLock::new(),
             epoch: Instant::now(),
         }
     }
@@ -70,40 +63,90 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn client(&self, connect_timeout: Duration) -> UpstreamClient {
-        let mut clients = match self.clients.lock() {
+    fn tls_connector(&self) -> tokio_rustls::TlsConnector {
+        self.tls
+            .get_or_init(|| {
+                let roots = rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                };
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+                match config {
+                    Ok(mut c) => {
+                        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+                        tokio_rustls::TlsConnector::from(Arc::new(c))
+                    }
+                    // The ring provider always supports the safe defaults; keep a config that
+                    // cannot connect rather than panic if that ever changes.
+                    Err(_) => tokio_rustls::TlsConnector::from(Arc::new(
+                        rustls::ClientConfig::builder()
+                            .with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth(),
+                    )),
+                }
+            })
+            .clone()
+    }
+
+    fn endpoint(&self, target: &Target, connect_timeout: Duration) -> Endpoint {
+        let host = target.authority.host();
+        let port =
+            target
+                .authority
+                .port_u16()
+                .unwrap_or(if target.scheme == http::uri::Scheme::HTTPS {
+                    443
+                } else {
+                    80
+                });
+        let tls = (target.scheme == http::uri::Scheme::HTTPS)
+            .then(|| {
+                let name = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                rustls::pki_types::ServerName::try_from(name)
+                    .ok()
+                    .map(|n| (self.tls_connector(), n))
+            })
+            .flatten();
+        Endpoint {
+            authority: format!("{host}:{port}"),
+            tls,
+            connect_timeout,
+        }
+    }
+
+    /// Pools for the targets of `config`; pools no route uses any more are dropped from the
+    /// map (requests still using them keep them alive until they finish).
+    fn pools_for(&self, config: &Config) -> HashMap<(Target, Duration), Arc<Pool>> {
+        let mut pools = match self.pools.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| build_client(connect_timeout))
-            .clone()
+        let mut wanted = HashMap::new();
+        for r in &config.routes {
+            for t in &r.upstream.targets {
+                let key = (t.clone(), r.upstream.connect_timeout);
+                let pool = pools
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Pool::new(self.endpoint(t, r.upstream.connect_timeout)));
+                wanted.insert(key, pool);
+            }
+        }
+        *pools = wanted.clone();
+        wanted
     }
-}
-
-fn build_client(connect_timeout: Duration) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(usize::MAX)
-        .set_host(false)
-        .build(https)
 }
 
 /// One upstream target and its passive health.
 #[derive(Debug)]
 pub struct TargetSlot {
     pub target: Target,
+    pub pool: Arc<Pool>,
     /// `Shared::now_ms` until which the target is skipped after a refused connection.
     pub down_until_ms: AtomicU64,
 }
@@ -112,7 +155,6 @@ pub struct TargetSlot {
 pub struct UpstreamSet {
     pub targets: Vec<TargetSlot>,
     pub next: AtomicUsize,
-    pub client: UpstreamClient,
     pub timeout: Duration,
 }
 
@@ -149,6 +191,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn build(config: Config, shared: &Shared) -> Snapshot {
         let router = Router::new(&config.routes);
+        let pools = shared.pools_for(&config);
         let routes = config
             .routes
             .iter()
@@ -159,13 +202,16 @@ impl Snapshot {
                         .upstream
                         .targets
                         .iter()
-                        .map(|t| TargetSlot {
-                            target: t.clone(),
-                            down_until_ms: AtomicU64::new(0),
+                        .filter_map(|t| {
+                            let pool = pools.get(&(t.clone(), r.upstream.connect_timeout))?;
+                            Some(TargetSlot {
+                                target: t.clone(),
+                                pool: pool.clone(),
+                                down_until_ms: AtomicU64::new(0),
+                            })
                         })
                         .collect(),
                     next: AtomicUsize::new(0),
-                    client: shared.client(r.upstream.connect_timeout),
                     timeout: r.upstream.timeout,
                 },
                 metrics: shared.metrics.route(&r.name),

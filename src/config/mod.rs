@@ -289,7 +289,7 @@ pub enum CredentialKind {
 }
 
 /// One upstream target, e.g. `http://127.0.0.1:9000`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// `http` or `https`.
     pub scheme: http::uri::Scheme,

@@ -10,12 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::body::{BodySlot, ReqBody, is_body_too_large};
 use crate::metrics::{RouteMetrics, UpstreamErrorKind};
+use crate::pool::{PoolError, PooledBody};
 use crate::problem::ApiError;
-use crate::state::{Shared, TargetSlot, UpstreamSet};
+use crate::state::{Shared, UpstreamSet};
 
 /// How long a target that refused a connection is skipped.
 pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,17 +51,9 @@ fn pick(set: &UpstreamSet, now_ms: u64, skip: Option<usize>) -> Option<usize> {
     fallback
 }
 
-fn build(
-    slot: &TargetSlot,
-    out: &Outgoing,
-    headers: HeaderMap,
-    body: ReqBody,
-) -> Result<Request<ReqBody>, ApiError> {
-    let uri = Uri::builder()
-        .scheme(slot.target.scheme.clone())
-        .authority(slot.target.authority.clone())
-        .path_and_query(out.path_and_query.as_str())
-        .build()
+/// The upstream request in origin form (`/path?query`); the caller has set `Host`.
+fn build(out: &Outgoing, headers: HeaderMap, body: ReqBody) -> Result<Request<ReqBody>, ApiError> {
+    let uri = Uri::try_from(out.path_and_query.as_str())
         .map_err(|e| ApiError::InvalidRequest(format!("cannot build upstream URI: {e}")))?;
     let mut req = Request::new(body);
     *req.method_mut() = out.method.clone();
@@ -96,7 +88,7 @@ pub async fn forward(
     set: &UpstreamSet,
     metrics: &RouteMetrics,
     mut out: Outgoing,
-) -> Result<Response<Incoming>, ApiError> {
+) -> Result<Response<PooledBody>, ApiError> {
     let deadline = Instant::now() + set.timeout;
     let mut tried: Option<usize> = None;
     // Only a route with a second target can need the headers twice.
@@ -110,8 +102,8 @@ pub async fn forward(
         let Some(these) = headers.take().or_else(|| spare.take()) else {
             return Err(ApiError::Internal("request headers already used".into()));
         };
-        let req = build(slot, &out, these, body_for(&out))?;
-        let sent = tokio::time::timeout_at(deadline.into(), set.client.request(req)).await;
+        let req = build(&out, these, body_for(&out))?;
+        let sent = tokio::time::timeout_at(deadline.into(), slot.pool.send(req)).await;
         let err = match sent {
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(e)) => e,
@@ -120,7 +112,9 @@ pub async fn forward(
                 return Err(ApiError::UpstreamTimeout(set.timeout));
             }
         };
-        if let Some(limit) = is_body_too_large(&err) {
+        if let PoolError::Request(e) = &err
+            && let Some(limit) = is_body_too_large(e)
+        {
             return Err(ApiError::BodyTooLarge { limit });
         }
         if err.is_connect() {

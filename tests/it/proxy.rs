@@ -339,3 +339,29 @@ routes:
     assert_eq!(ans.headers["www-authenticate"], "Bearer");
     assert_eq!(ans.json()["code"], "missing_credentials");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_reused_and_stale_ones_replaced() {
+    use std::sync::atomic::Ordering;
+    let (kept, kept_conns) = upstream::counted("kept").await;
+    let (closing, closing_conns) = upstream::one_shot().await;
+    let gw = Gateway::start(&format!(
+        "routes:\n{}{}",
+        support::route("kept", "/kept", &format!("\"http://{kept}\"")),
+        support::route("closing", "/closing", &format!("\"http://{closing}\""))
+    ));
+    for i in 0..30 {
+        assert_eq!(get(&gw.url("/kept")).await.status, 200, "request {i}");
+    }
+    // Sequential requests share one keep-alive connection.
+    assert_eq!(kept_conns.load(Ordering::SeqCst), 1);
+
+    // An upstream that silently closes idle connections never costs a client a failed request.
+    for i in 0..30 {
+        let ans = get(&gw.url("/closing")).await;
+        assert_eq!(ans.status, 200, "request {i}: {:?}", ans.body);
+        assert_eq!(&ans.body[..], b"ok");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(closing_conns.load(Ordering::SeqCst), 30);
+}

@@ -1,0 +1,258 @@
+//! Keep-alive connections to one upstream target, over hyper's HTTP/1.1 client connection.
+//!
+//! The gateway owns this pool instead of using hyper-util's legacy `Client`: profiling the
+//! proxy path showed that client's per-request machinery (a spawned task per request to watch
+//! for connection reuse, a pool keyed by a freshly built key under a global lock) cost a
+//! sizeable share of the CPU per request. Here a pool serves exactly one target, an idle
+//! connection is a `SendRequest` in a `Vec`, and a connection goes back to the pool when the
+//! response body ends, from inside the body's own poll.
+//!
+//! A request that an idle connection could not take (the upstream closed it meanwhile) comes
+//! back untouched from `try_send_request` and is sent on a fresh connection: nothing was
+//! written, so that is safe for every method. Connection failures are reported as
+//! [`PoolError::Connect`] so the caller can fail over to another target.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::ReqBody;
+
+/// Idle connections older than this are not reused: upstreams close idle keep-alive
+/// connections after their own timeout (nginx: 75 s), and reusing one at that moment races.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most this many idle connections are kept per target.
+const MAX_IDLE: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection could be established (refused, unreachable, timeout, TLS, handshake).
+    #[error("connect to {target}: {reason}")]
+    Connect { target: String, reason: String },
+    /// The request failed on an established connection.
+    #[error(transparent)]
+    Request(hyper::Error),
+}
+
+impl PoolError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, PoolError::Connect { .. })
+    }
+}
+
+struct Idle {
+    sender: SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub authority: String,
+    /// TLS client config and server name when the target is `https`.
+    pub tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    pub connect_timeout: Duration,
+}
+
+/// The idle connections of one target.
+pub struct Pool {
+    endpoint: Endpoint,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("authority", &self.endpoint.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub fn new(endpoint: Endpoint) -> Arc<Pool> {
+        Arc::new(Pool {
+            endpoint,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        match self.idle.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<SendRequest<ReqBody>> {
+        let mut idle = self.lock();
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<ReqBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ReqBody>, PoolError> {
+        let ep = &self.endpoint;
+        let fail = |reason: String| PoolError::Connect {
+            target: ep.authority.clone(),
+            reason,
+        };
+        let tcp = match tokio::time::timeout(
+            ep.connect_timeout,
+            TcpStream::connect(ep.authority.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) => return Err(fail(format!("timed out after {:?}", ep.connect_timeout))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let builder = http1::Builder::new();
+        let sender = match &ep.tls {
+            None => {
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                tokio::spawn(conn.with_upgrades());
+                sender
+            }
+            Some((connector, name)) => {
+                let tls =
+                    tokio::time::timeout(ep.connect_timeout, connector.connect(name.clone(), tcp))
+                        .await
+                        .map_err(|_| fail("TLS handshake timed out".into()))?
+                        .map_err(|e| fail(format!("TLS: {e}")))?;
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                tokio::spawn(conn.with_upgrades());
+                sender
+            }
+        };
+        Ok(sender)
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set by the caller) on a pooled or new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let mut req = req;
+        // Idle connections first; each may turn out closed, in which case the request comes
+        // back unsent and the next one is tried, then a fresh connection.
+        while let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(resp, sender)),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(PoolError::Request(err.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.wrap(resp, sender)),
+            Err(e) => Err(PoolError::Request(e)),
+        }
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        sender: SendRequest<ReqBody>,
+    ) -> Response<PooledBody> {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The connection now belongs to the upgraded stream.
+            return resp.map(|inner| PooledBody { inner, home: None });
+        }
+        if resp.body().is_end_stream() {
+            self.checkin(sender);
+            return resp.map(|inner| PooledBody { inner, home: None });
+        }
+        let home = Some((sender, self.clone()));
+        resp.map(|inner| PooledBody { inner, home })
+    }
+}
+
+/// An upstream response body that returns its connection to the pool once it has ended.
+/// Dropped before the end (the client went away), the connection is closed instead: it may
+/// still carry the rest of this response.
+pub struct PooledBody {
+    inner: Incoming,
+    home: Option<(SendRequest<ReqBody>, Arc<Pool>)>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                this.home = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if ended && let Some((sender, pool)) = this.home.take() {
+            pool.checkin(sender);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -34,6 +34,8 @@ pub enum ServerError {
     Watch(#[from] notify::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("listener address: {0}")]
+    Addr(std::io::Error),
 }
 
 /// A gateway with its listeners bound, ready to serve.
@@ -139,8 +141,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
     let path = config.source.clone();
     let gateway = Gateway::bind(config).await?;
-    let proxy_addr = gateway.proxy_addr().map_err(ServerError::Signal)?;
-    let admin_addr = gateway.admin_addr().map_err(ServerError::Signal)?;
+    let proxy_addr = gateway.proxy_addr().map_err(ServerError::Addr)?;
+    let admin_addr = gateway.admin_addr().map_err(ServerError::Addr)?;
 
     let (tick_tx, tick_rx) = mpsc::channel(1);
     let (watcher, mut file_ticks) = reload::watch(&path)?;

@@ -119,16 +119,22 @@ pub async fn forward(
         }
         if err.is_connect() {
             metrics.upstream_error(UpstreamErrorKind::connect);
-            slot.down_until_ms.store(
-                shared.now_ms() + FAIL_TIMEOUT.as_millis() as u64,
-                Ordering::Relaxed,
-            );
-            tracing::warn!(
-                target: "gatehouse::upstream",
-                upstream = %slot.target.authority,
-                error = %err,
-                "connect failed; target marked down for {FAIL_TIMEOUT:?}"
-            );
+            let now = shared.now_ms();
+            let was_up = slot
+                .down_until_ms
+                .swap(now + FAIL_TIMEOUT.as_millis() as u64, Ordering::Relaxed)
+                <= now;
+            // Log the transition only: with every target down, each request retries the connect
+            // and a line per request would flood the log during an outage (the access log and
+            // `upstream_errors_total` still count every failure).
+            if was_up {
+                tracing::warn!(
+                    target: "gatehouse::upstream",
+                    upstream = %slot.target.authority,
+                    error = %err,
+                    "connect failed; target marked down for {FAIL_TIMEOUT:?}"
+                );
+            }
             if tried.is_none() && set.targets.len() > 1 && body_unread(&out) {
                 tried = Some(i);
                 continue;

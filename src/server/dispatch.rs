@@ -95,8 +95,9 @@ pub async fn handle(
         Err(err) => {
             match err.fault() {
                 Fault::Client => {}
+                // Counted in metrics and the access line; upstream.rs logs state changes.
                 Fault::Upstream => {
-                    tracing::warn!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "upstream failure")
+                    tracing::debug!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "upstream failure")
                 }
                 Fault::Internal => {
                     tracing::error!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "internal failure")

@@ -67,6 +67,17 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
 }
 
+/// HTTP/1.1 handshake on `io`; the connection is driven by its own task (with upgrades, so a
+/// `101 Switching Protocols` answer can take the stream over).
+async fn handshake<I>(io: I) -> Result<SendRequest<ReqBody>, hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn.with_upgrades());
+    Ok(sender)
+}
+
 /// The idle connections of one target.
 pub struct Pool {
     endpoint: Endpoint,
@@ -137,31 +148,17 @@ impl Pool {
             Err(_) => return Err(fail(format!("timed out after {:?}", ep.connect_timeout))),
         };
         let _ = tcp.set_nodelay(true);
-        let builder = http1::Builder::new();
-        let sender = match &ep.tls {
-            None => {
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-                tokio::spawn(conn.with_upgrades());
-                sender
-            }
+        match &ep.tls {
+            None => handshake(tcp).await.map_err(|e| fail(e.to_string())),
             Some((connector, name)) => {
                 let tls =
                     tokio::time::timeout(ep.connect_timeout, connector.connect(name.clone(), tcp))
                         .await
                         .map_err(|_| fail("TLS handshake timed out".into()))?
                         .map_err(|e| fail(format!("TLS: {e}")))?;
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-                tokio::spawn(conn.with_upgrades());
-                sender
+                handshake(tls).await.map_err(|e| fail(e.to_string()))
             }
-        };
-        Ok(sender)
+        }
     }
 
     /// Sends `req` (origin-form URI, `Host` set by the caller) on a pooled or new connection.

@@ -45,6 +45,7 @@ fn route(name: &str, host: HostMatch, prefix: &str, methods: &[Method]) -> Route
             targets: vec![],
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
+            ca_file: None,
         },
         auth: AuthMode::Public,
         credentials: vec![

@@ -54,16 +54,26 @@ struct Idle {
     since: Instant,
 }
 
+/// How connections to a target are made.
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    /// `https`: TLS with this client config and server name.
+    Tls(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    /// An `https` target whose TLS settings could not be built: every connect fails with this
+    /// reason rather than fall back to plain text.
+    Broken(String),
+}
+
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct Endpoint {
     /// `host:port`.
     pub authority: String,
-    /// TLS client config and server name when the target is `https`.
-    pub tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls::pki_types::ServerName<'static>,
-    )>,
+    pub transport: Transport,
     pub connect_timeout: Duration,
 }
 
@@ -137,6 +147,9 @@ impl Pool {
             target: ep.authority.clone(),
             reason,
         };
+        if let Transport::Broken(reason) = &ep.transport {
+            return Err(fail(reason.clone()));
+        }
         let tcp = match tokio::time::timeout(
             ep.connect_timeout,
             TcpStream::connect(ep.authority.as_str()),
@@ -148,9 +161,11 @@ impl Pool {
             Err(_) => return Err(fail(format!("timed out after {:?}", ep.connect_timeout))),
         };
         let _ = tcp.set_nodelay(true);
-        match &ep.tls {
-            None => handshake(tcp).await.map_err(|e| fail(e.to_string())),
-            Some((connector, name)) => {
+        match &ep.transport {
+            Transport::Plain | Transport::Broken(_) => {
+                handshake(tcp).await.map_err(|e| fail(e.to_string()))
+            }
+            Transport::Tls(connector, name) => {
                 let tls =
                     tokio::time::timeout(ep.connect_timeout, connector.connect(name.clone(), tcp))
                         .await

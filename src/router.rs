@@ -216,6 +216,7 @@ mod tests {
                 targets: vec![],
                 timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(1),
+                ca_file: None,
             },
             auth: AuthMode::Public,
             credentials: vec![CredentialKind::ApiKey],

@@ -4,16 +4,19 @@
 //! from its start to its end.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, RateLimitPolicy, RouteConfig, StoreConfig, Target};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::pool::{Endpoint, Pool};
+use crate::pool::{Endpoint, Pool, Transport};
 use crate::router::Router;
 use crate::store::{SqliteStore, Store, StoreError};
 use arc_swap::ArcSwap;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 /// Opens the store the config names. Blocking (file I/O, migrations): call it from
 /// `spawn_blocking` or before the runtime serves requests.
@@ -27,6 +30,9 @@ pub fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// A pool per target and the settings its connections are made with.
+type PoolKey = (Target, Duration, Option<PathBuf>);
+
 /// State that outlives config reloads.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
@@ -34,9 +40,9 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// One connection pool per (target, connect timeout), kept across reloads so a reload does
     /// not throw away warm upstream connections.
-    pools: Mutex<HashMap<(Target, Duration), Arc<Pool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// Client TLS settings for `https` targets (Mozilla's roots), built on first use.
-    tls: std::sync::OnceLock<tokio_rustls::TlsConnector>,
+    tls: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, String>>,
     /// Origin of the monotonic milliseconds used by target health.
     pub epoch: Instant,
 }
@@ -63,34 +69,35 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn tls_connector(&self) -> tokio_rustls::TlsConnector {
-        self.tls
-            .get_or_init(|| {
-                let roots = rustls::RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                };
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-                match config {
-                    Ok(mut c) => {
-                        c.alpn_protocols = vec![b"http/1.1".to_vec()];
-                        tokio_rustls::TlsConnector::from(Arc::new(c))
+    fn tls_connector(&self, ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+        match ca_file {
+            None => self
+                .tls
+                .get_or_init(|| client_tls(&std::iter::empty()))
+                .clone(),
+            Some(path) => {
+                let extra = match CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                {
+                    Ok(certs) => certs,
+                    Err(e) => {
+                        // Validation checked that the file exists; a bad PEM leaves only the
+                        // public roots, so the private upstream fails closed (502), loudly.
+                        tracing::error!(target: "gatehouse::upstream", file = %path.display(), error = %e, "cannot read upstream ca_file");
+                        Vec::new()
                     }
-                    // The ring provider always supports the safe defaults; keep a config that
-                    // cannot connect rather than panic if that ever changes.
-                    Err(_) => tokio_rustls::TlsConnector::from(Arc::new(
-                        rustls::ClientConfig::builder()
-                            .with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth(),
-                    )),
-                }
-            })
-            .clone()
+                };
+                client_tls(&extra.into_iter())
+            }
+        }
     }
 
-    fn endpoint(&self, target: &Target, connect_timeout: Duration) -> Endpoint {
+    fn endpoint(
+        &self,
+        target: &Target,
+        connect_timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> Endpoint {
         let host = target.authority.host();
         let port =
             target
@@ -101,27 +108,32 @@ impl Shared {
                 } else {
                     80
                 });
-        let tls = (target.scheme == http::uri::Scheme::HTTPS)
-            .then(|| {
-                let name = host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned();
-                rustls::pki_types::ServerName::try_from(name)
-                    .ok()
-                    .map(|n| (self.tls_connector(), n))
-            })
-            .flatten();
+        let transport = if target.scheme == http::uri::Scheme::HTTPS {
+            let name = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            match (
+                self.tls_connector(ca_file),
+                rustls::pki_types::ServerName::try_from(name),
+            ) {
+                (Ok(connector), Ok(name)) => Transport::Tls(connector, name),
+                (Err(e), _) => Transport::Broken(e),
+                (_, Err(e)) => Transport::Broken(format!("invalid TLS server name: {e}")),
+            }
+        } else {
+            Transport::Plain
+        };
         Endpoint {
             authority: format!("{host}:{port}"),
-            tls,
+            transport,
             connect_timeout,
         }
     }
 
     /// Pools for the targets of `config`; pools no route uses any more are dropped from the
     /// map (requests still using them keep them alive until they finish).
-    fn pools_for(&self, config: &Config) -> HashMap<(Target, Duration), Arc<Pool>> {
+    fn pools_for(&self, config: &Config) -> HashMap<PoolKey, Arc<Pool>> {
         let mut pools = match self.pools.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -129,17 +141,35 @@ impl Shared {
         let mut wanted = HashMap::new();
         for r in &config.routes {
             for t in &r.upstream.targets {
-                let key = (t.clone(), r.upstream.connect_timeout);
-                let pool = pools
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| Pool::new(self.endpoint(t, r.upstream.connect_timeout)));
+                let up = &r.upstream;
+                let key = (t.clone(), up.connect_timeout, up.ca_file.clone());
+                let pool = pools.get(&key).cloned().unwrap_or_else(|| {
+                    Pool::new(self.endpoint(t, up.connect_timeout, up.ca_file.as_deref()))
+                });
                 wanted.insert(key, pool);
             }
         }
         *pools = wanted.clone();
         wanted
     }
+}
+
+/// Client TLS for `https` targets: Mozilla's roots plus `extra` CA certificates.
+fn client_tls(
+    extra: &(impl Iterator<Item = CertificateDer<'static>> + Clone),
+) -> Result<tokio_rustls::TlsConnector, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let (_added, _ignored) = roots.add_parsable_certificates(extra.clone());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// One upstream target and its passive health.
@@ -203,7 +233,12 @@ impl Snapshot {
                         .targets
                         .iter()
                         .filter_map(|t| {
-                            let pool = pools.get(&(t.clone(), r.upstream.connect_timeout))?;
+                            let key = (
+                                t.clone(),
+                                r.upstream.connect_timeout,
+                                r.upstream.ca_file.clone(),
+                            );
+                            let pool = pools.get(&key)?;
                             Some(TargetSlot {
                                 target: t.clone(),
                                 pool: pool.clone(),

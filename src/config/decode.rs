@@ -696,6 +696,7 @@ fn route(mut m: MapReader<'_>) -> PlacedRoute {
             targets: Vec::new(),
             timeout: defaults::UPSTREAM_TIMEOUT,
             connect_timeout: defaults::CONNECT_TIMEOUT,
+            ca_file: None,
         },
     };
     let auth = m.choice("auth", AUTH_MODES).unwrap_or(defaults::AUTH);
@@ -772,11 +773,13 @@ fn upstream(mut m: MapReader<'_>) -> UpstreamConfig {
         !connect_timeout.is_zero(),
         "must be greater than 0",
     );
+    let ca_file = m.file("ca_file");
     m.finish();
     UpstreamConfig {
         targets: values(targets.unwrap_or_default()),
         timeout,
         connect_timeout,
+        ca_file,
     }
 }
 

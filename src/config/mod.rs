@@ -303,6 +303,9 @@ pub struct UpstreamConfig {
     /// Whole-request budget up to the response head.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// PEM file of extra CA certificates trusted for `https` targets (besides Mozilla's roots),
+    /// for upstreams with a private CA. A Gatehouse extension to SPEC section 2.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -205,4 +205,12 @@ routes:
     let ans = support::get(&gw.url("/untrusted/x")).await;
     assert_eq!(ans.status, 502);
     assert_eq!(ans.json()["code"], "upstream_unavailable");
+    assert!(
+        gw.wait_log(
+            "invalid peer certificate",
+            std::time::Duration::from_secs(2)
+        ),
+        "the refusal is a certificate check: {}",
+        gw.stderr()
+    );
 }

@@ -282,5 +282,4 @@ pub struct RequestCtx {
     pub started_at: Instant,
     /// Index into `Snapshot::routes` once routed.
     pub route: Option<usize>,
-    pub principal: Option<Arc<crate::principal::Principal>>,
 }

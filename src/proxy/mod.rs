@@ -115,7 +115,6 @@ pub async fn handle(
         hdrs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         hdrs.insert(header::UPGRADE, proto.clone());
     }
-    ctx.principal = Some(Arc::new(principal));
 
     let body_empty = hyper::body::Body::is_end_stream(&body);
     let out = upstream::Outgoing {

@@ -84,7 +84,6 @@ pub async fn handle(
         scheme: if conn.tls { "https" } else { "http" },
         started_at,
         route: None,
-        principal: None,
     };
     let method = req.method().clone();
     let path = normalize_path(req.uri().path()).into_owned();

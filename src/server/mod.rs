@@ -144,14 +144,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let proxy_addr = gateway.proxy_addr().map_err(ServerError::Addr)?;
     let admin_addr = gateway.admin_addr().map_err(ServerError::Addr)?;
 
+    // File changes and SIGHUP feed one debounced reload loop.
     let (tick_tx, tick_rx) = mpsc::channel(1);
-    let (watcher, mut file_ticks) = reload::watch(&path)?;
-    let forward_ticks = tick_tx.clone();
-    tokio::spawn(async move {
-        while file_ticks.recv().await.is_some() {
-            let _ = forward_ticks.try_send(());
-        }
-    });
+    let watcher = reload::watch(&path, tick_tx.clone())?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {

@@ -50,11 +50,12 @@ pub fn reload(shared: &Shared, live: &LiveSnapshot, path: &Path) -> Result<(), C
 }
 
 /// Watches the config file's directory (editors and Kubernetes ConfigMaps replace the file
-/// rather than write it in place) and sends a tick for every change that concerns it.
+/// rather than write it in place) and sends a tick on `tx` for every change that concerns it,
+/// for as long as the returned watcher lives.
 pub fn watch(
     path: &Path,
-) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), notify::Error> {
-    let (tx, rx) = mpsc::channel(1);
+    tx: mpsc::Sender<()>,
+) -> Result<notify::RecommendedWatcher, notify::Error> {
     let file: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let name = file.file_name().map(|n| n.to_os_string());
     let dir = file
@@ -77,7 +78,7 @@ pub fn watch(
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok((watcher, rx))
+    Ok(watcher)
 }
 
 /// Debounces ticks from [`watch`] and SIGHUP into reloads until the channel closes.

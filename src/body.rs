@@ -100,14 +100,14 @@ impl ReqBody {
         }
     }
 
-    /// Wraps the client's body; `end` is hyper's knowledge that it is empty.
-    pub fn new(slot: BodySlot, end: bool, limit: Option<u64>) -> Self {
+    /// Wraps the client's (non-empty) body; empty ones go upstream as [`ReqBody::empty`].
+    pub fn new(slot: BodySlot, limit: Option<u64>) -> Self {
         ReqBody {
             slot: Some(slot),
             inner: None,
             limit,
             seen: 0,
-            end,
+            end: false,
         }
     }
 }

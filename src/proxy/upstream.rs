@@ -65,7 +65,7 @@ fn build(out: &Outgoing, headers: HeaderMap, body: ReqBody) -> Result<Request<Re
 
 fn body_for(out: &Outgoing) -> ReqBody {
     match &out.body {
-        Some(slot) if !out.body_empty => ReqBody::new(slot.clone(), false, out.max_body),
+        Some(slot) if !out.body_empty => ReqBody::new(slot.clone(), out.max_body),
         _ => ReqBody::empty(),
     }
 }

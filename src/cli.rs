@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `check`, `echo`. Human output and exit codes live
+//! The command line: `serve` (default), `check`, `echo`, and the store commands `users` and
+//! `keys`. Human output and exit codes live
 //! here; no request logic does.
 
 use std::net::SocketAddr;
@@ -26,6 +27,52 @@ pub enum Command {
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+    },
+    /// Manage users in the configured store (bootstrap the first admin without HTTP).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Manage keys in the configured store.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user; prints it as JSON (with the generated password, if any, shown once).
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated roles (default: user).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Read the password from the first line of stdin instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List every user as JSON.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new token-signing key current; the previous one keeps verifying until the
+    /// longest token it signed has expired.
+    RotateSigning {
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -107,6 +154,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Users { command } => store_command(StoreCommand::Users(command)),
+        Command::Keys { command } => store_command(StoreCommand::Keys(command)),
         Command::Echo { listen } => {
             let result = runtime().and_then(|rt| rt.block_on(crate::echo::run(listen)));
             match result {
@@ -116,6 +165,122 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+enum StoreCommand {
+    Users(UsersCommand),
+    Keys(KeysCommand),
+}
+
+impl StoreCommand {
+    fn config(&self) -> &ConfigArg {
+        match self {
+            StoreCommand::Users(UsersCommand::Create { config, .. })
+            | StoreCommand::Users(UsersCommand::List { config })
+            | StoreCommand::Keys(KeysCommand::RotateSigning { config }) => config,
+        }
+    }
+}
+
+/// Runs a command that works on the configured store directly (no running gateway needed;
+/// SQLite in WAL mode lets it run beside one).
+fn store_command(cmd: StoreCommand) -> ExitCode {
+    let cfg = match config::load(&cmd.config().path()) {
+        Ok(cfg) => cfg,
+        Err(err) => {
+            report(&err);
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(run_store_command(&cfg, cmd)));
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe(err: crate::accounts::AccountError) -> String {
+    match err {
+        crate::accounts::AccountError::Invalid(issues) => issues
+            .iter()
+            .map(|i| format!("{}: {}", i.field, i.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+async fn run_store_command(cfg: &config::Config, cmd: StoreCommand) -> Result<String, String> {
+    use crate::accounts::{Accounts, NewUser};
+    use crate::endpoints::{unix_now, wire::user_view};
+
+    let store_cfg = cfg.store.clone();
+    let store = tokio::task::spawn_blocking(move || crate::state::open_store(&store_cfg))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let accounts = Accounts::open(store, cfg, unix_now())
+        .await
+        .map_err(describe)?;
+    match cmd {
+        StoreCommand::Users(UsersCommand::Create {
+            email,
+            username,
+            name,
+            roles,
+            password_stdin,
+            ..
+        }) => {
+            let (password, generated) = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+                (line.trim_end_matches(['\r', '\n']).to_owned(), false)
+            } else {
+                (crate::accounts::new_secret(), true)
+            };
+            let user = accounts
+                .create_user(
+                    cfg,
+                    NewUser {
+                        email,
+                        username,
+                        name,
+                        roles,
+                        password: password.clone(),
+                    },
+                    unix_now(),
+                )
+                .await
+                .map_err(describe)?;
+            let mut out = serde_json::to_value(user_view(&user)).map_err(|e| e.to_string())?;
+            if let (true, Some(obj)) = (generated, out.as_object_mut()) {
+                obj.insert("password".into(), password.into());
+            }
+            Ok(out.to_string())
+        }
+        StoreCommand::Users(UsersCommand::List { .. }) => {
+            let users = accounts.all_users().await.map_err(describe)?;
+            let views: Vec<_> = users.iter().map(user_view).collect();
+            Ok(serde_json::json!({ "users": views }).to_string())
+        }
+        StoreCommand::Keys(KeysCommand::RotateSigning { .. }) => {
+            let key = accounts
+                .rotate_signing_key(cfg, unix_now())
+                .await
+                .map_err(describe)?;
+            Ok(serde_json::json!({ "kid": key.kid, "alg": key.alg }).to_string())
         }
     }
 }

@@ -5,15 +5,19 @@
 //! graceful drain). Module map and dependency direction: `DESIGN.md` in the shared folder;
 //! imports only go down the layers listed there.
 
+pub mod accounts;
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod echo;
+pub mod endpoints;
 pub mod metrics;
 pub mod pool;
 pub mod principal;
 pub mod problem;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod state;

@@ -17,13 +17,82 @@ pub enum Fault {
     Internal,
 }
 
+/// One wrong field of a request body (`validation_failed`'s `errors[]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The IETF `RateLimit-Policy` / `RateLimit` items of a 429 (draft-ietf-httpapi-ratelimit-headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// The policy item's name (route name, `default`, `login`, ...).
+    pub policy: String,
+    /// Requests allowed per window.
+    pub quota: u32,
+    /// Window in seconds.
+    pub window_secs: u64,
+    /// Seconds until a request is allowed again (rounded up, at least 1).
+    pub retry_after_secs: u64,
+}
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+impl RateLimitInfo {
+    /// The `RateLimit-Policy` and `RateLimit` values when nothing is left in the window.
+    pub fn header_values(&self) -> (String, String) {
+        (
+            format!(
+                "\"{}\";q={};w={}",
+                self.policy, self.quota, self.window_secs
+            ),
+            format!("\"{}\";r=0;t={}", self.policy, self.retry_after_secs),
+        )
+    }
+}
+
 /// A failure answered by the gateway itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("{} field(s) are invalid", errors.len())]
+    ValidationFailed { errors: Vec<FieldError> },
+    #[error("password and password_confirmation differ")]
+    PasswordsDoNotMatch,
+    #[error("password {0}")]
+    WeakPassword(String),
     #[error("this route requires a credential")]
     MissingCredentials,
+    #[error("wrong email, username or password")]
+    InvalidCredentials,
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("the access token has expired")]
+    TokenExpired,
+    #[error("the session of this token has ended")]
+    SessionRevoked,
+    #[error("not allowed")]
+    Forbidden,
+    #[error("this account is disabled")]
+    AccountDisabled,
+    #[error("{field} is already taken")]
+    AlreadyExists { field: &'static str },
+    #[error("too many requests; retry in {} s", .0.retry_after_secs)]
+    RateLimited(RateLimitInfo),
     #[error("no route matches this request")]
     NoRoute,
     #[error("method not allowed")]
@@ -47,8 +116,18 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::MissingCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidRequest(_)
+            | ApiError::ValidationFailed { .. }
+            | ApiError::PasswordsDoNotMatch
+            | ApiError::WeakPassword(_) => StatusCode::BAD_REQUEST,
+            ApiError::MissingCredentials
+            | ApiError::InvalidCredentials
+            | ApiError::InvalidToken(_)
+            | ApiError::TokenExpired
+            | ApiError::SessionRevoked => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden | ApiError::AccountDisabled => StatusCode::FORBIDDEN,
+            ApiError::AlreadyExists { .. } => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoRoute | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -64,7 +143,18 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::ValidationFailed { .. } => "validation_failed",
+            ApiError::PasswordsDoNotMatch => "passwords_do_not_match",
+            ApiError::WeakPassword(_) => "weak_password",
             ApiError::MissingCredentials => "missing_credentials",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::TokenExpired => "token_expired",
+            ApiError::SessionRevoked => "session_revoked",
+            ApiError::Forbidden => "forbidden",
+            ApiError::AccountDisabled => "account_disabled",
+            ApiError::AlreadyExists { .. } => "already_exists",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::NoRoute => "no_route",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotFound => "not_found",
@@ -80,7 +170,18 @@ impl ApiError {
     pub fn title(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "Invalid request",
+            ApiError::ValidationFailed { .. } => "Validation failed",
+            ApiError::PasswordsDoNotMatch => "Passwords do not match",
+            ApiError::WeakPassword(_) => "Weak password",
             ApiError::MissingCredentials => "Missing credentials",
+            ApiError::InvalidCredentials => "Invalid credentials",
+            ApiError::InvalidToken(_) => "Invalid token",
+            ApiError::TokenExpired => "Token expired",
+            ApiError::SessionRevoked => "Session revoked",
+            ApiError::Forbidden => "Forbidden",
+            ApiError::AccountDisabled => "Account disabled",
+            ApiError::AlreadyExists { .. } => "Already exists",
+            ApiError::RateLimited(_) => "Rate limited",
             ApiError::NoRoute => "No route",
             ApiError::MethodNotAllowed { .. } => "Method not allowed",
             ApiError::NotFound => "Not found",
@@ -96,7 +197,18 @@ impl ApiError {
     pub fn fault(&self) -> Fault {
         match self {
             ApiError::InvalidRequest(_)
+            | ApiError::ValidationFailed { .. }
+            | ApiError::PasswordsDoNotMatch
+            | ApiError::WeakPassword(_)
             | ApiError::MissingCredentials
+            | ApiError::InvalidCredentials
+            | ApiError::InvalidToken(_)
+            | ApiError::TokenExpired
+            | ApiError::SessionRevoked
+            | ApiError::Forbidden
+            | ApiError::AccountDisabled
+            | ApiError::AlreadyExists { .. }
+            | ApiError::RateLimited(_)
             | ApiError::NoRoute
             | ApiError::MethodNotAllowed { .. }
             | ApiError::NotFound
@@ -120,23 +232,51 @@ impl ApiError {
     /// Renders the problem document.
     pub fn into_response(self) -> Response<ResBody> {
         let status = self.status();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": "about:blank",
             "status": status.as_u16(),
             "code": self.code(),
             "title": self.title(),
             "detail": self.detail(),
         });
+        if let (ApiError::ValidationFailed { errors }, Some(obj)) = (&self, body.as_object_mut()) {
+            obj.insert("errors".into(), serde_json::json!(errors));
+        }
         let mut resp = Response::new(ResBody::full(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::MissingCredentials = &self {
-            // RFC 6750 section 3: no error attribute when no credential was sent.
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match &self {
+            // RFC 6750 section 3: no error attribute when no credential was sent, and
+            // `invalid_token` when one was sent and refused.
+            ApiError::MissingCredentials => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::InvalidToken(_) | ApiError::TokenExpired | ApiError::SessionRevoked => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ApiError::RateLimited(info) => {
+                let headers = resp.headers_mut();
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(info.retry_after_secs),
+                );
+                let (policy, state) = info.header_values();
+                if let (Ok(p), Ok(s)) = (
+                    HeaderValue::from_str(&policy),
+                    HeaderValue::from_str(&state),
+                ) {
+                    headers.insert(RATELIMIT_POLICY.clone(), p);
+                    headers.insert(RATELIMIT.clone(), s);
+                }
+            }
+            _ => {}
         }
         if let ApiError::MethodNotAllowed { allow } = &self {
             let joined = allow
@@ -163,7 +303,35 @@ mod tests {
     fn every_variant_has_the_spec_status_and_code() {
         let table: Vec<(ApiError, u16, &str)> = vec![
             (ApiError::InvalidRequest("x".into()), 400, "invalid_request"),
+            (
+                ApiError::ValidationFailed { errors: vec![] },
+                400,
+                "validation_failed",
+            ),
+            (ApiError::PasswordsDoNotMatch, 400, "passwords_do_not_match"),
+            (ApiError::WeakPassword("x".into()), 400, "weak_password"),
             (ApiError::MissingCredentials, 401, "missing_credentials"),
+            (ApiError::InvalidCredentials, 401, "invalid_credentials"),
+            (ApiError::InvalidToken("x".into()), 401, "invalid_token"),
+            (ApiError::TokenExpired, 401, "token_expired"),
+            (ApiError::SessionRevoked, 401, "session_revoked"),
+            (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::AccountDisabled, 403, "account_disabled"),
+            (
+                ApiError::AlreadyExists { field: "email" },
+                409,
+                "already_exists",
+            ),
+            (
+                ApiError::RateLimited(RateLimitInfo {
+                    policy: "login".into(),
+                    quota: 5,
+                    window_secs: 900,
+                    retry_after_secs: 3,
+                }),
+                429,
+                "rate_limited",
+            ),
             (ApiError::NoRoute, 404, "no_route"),
             (
                 ApiError::MethodNotAllowed { allow: vec![] },
@@ -213,6 +381,32 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["code"], "method_not_allowed");
         assert_eq!(v["status"], 405);
+    }
+
+    #[tokio::test]
+    async fn rate_limited_and_validation_carry_their_extras() {
+        let resp = ApiError::RateLimited(RateLimitInfo {
+            policy: "login".into(),
+            quota: 5,
+            window_secs: 900,
+            retry_after_secs: 42,
+        })
+        .into_response();
+        assert_eq!(resp.headers()["retry-after"], "42");
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"login\";q=5;w=900");
+        assert_eq!(resp.headers()["ratelimit"], "\"login\";r=0;t=42");
+        let resp = ApiError::ValidationFailed {
+            errors: vec![FieldError::new("email", "is not an email address")],
+        }
+        .into_response();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errors"][0]["field"], "email");
+        let resp = ApiError::TokenExpired.into_response();
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\""
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ use http::header::{self, HeaderMap};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::accounts::Accounts;
 use crate::body::ResBody;
+use crate::endpoints;
 use crate::metrics::RouteMetrics;
 use crate::problem::{ApiError, Fault};
 use crate::proxy;
@@ -51,15 +53,10 @@ fn head_size(uri: &http::Uri, headers: &HeaderMap) -> u64 {
     (uri.path_and_query().map_or(1, |p| p.as_str().len()) + fields) as u64
 }
 
-/// True when `path` is answered by the gateway itself on every host.
-fn is_own_endpoint(snapshot: &Snapshot, path: &str) -> bool {
-    let prefix = snapshot.config.accounts.prefix.as_str();
-    crate::router::prefix_matches(prefix, path) || path.starts_with("/.well-known/")
-}
-
 /// Serves one request; never fails (errors become problem responses).
 pub async fn handle(
     shared: Arc<Shared>,
+    accounts: Arc<Accounts>,
     snapshot: Arc<Snapshot>,
     conn: ConnInfo,
     req: Request<Incoming>,
@@ -88,7 +85,7 @@ pub async fn handle(
     let method = req.method().clone();
     let path = normalize_path(req.uri().path()).into_owned();
 
-    let result = route_and_serve(&shared, &snapshot, &mut ctx, &path, req).await;
+    let result = route_and_serve(&shared, &accounts, &snapshot, &mut ctx, &path, req).await;
     let (mut resp, code) = match result {
         Ok(resp) => (resp, None),
         Err(err) => {
@@ -116,7 +113,7 @@ pub async fn handle(
             Some(r) => (&r.metrics, r.config.name.as_str()),
             None => (&snapshot.unrouted, "-"),
         },
-        None if is_own_endpoint(&snapshot, &path) => (&snapshot.endpoints, "gatehouse"),
+        None if endpoints::is_own_endpoint(config, &path) => (&snapshot.endpoints, "gatehouse"),
         None => (&snapshot.unrouted, "-"),
     };
     metrics.observe(status, elapsed.as_secs_f64());
@@ -137,6 +134,7 @@ pub async fn handle(
 
 async fn route_and_serve(
     shared: &Shared,
+    accounts: &Accounts,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     path: &str,
@@ -146,9 +144,8 @@ async fn route_and_serve(
     if head_size(req.uri(), req.headers()) > limit {
         return Err(ApiError::HeadersTooLarge { limit });
     }
-    if is_own_endpoint(snapshot, path) {
-        // The account API and discovery documents arrive with the accounts issue.
-        return Err(ApiError::NotFound);
+    if endpoints::is_own_endpoint(&snapshot.config, path) {
+        return endpoints::handle(accounts, &snapshot.config, ctx, path, req).await;
     }
     let raw_host = req
         .headers()

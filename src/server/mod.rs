@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::accounts::{AccountError, Accounts};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::{LiveSnapshot, Shared, Snapshot};
@@ -28,6 +29,8 @@ pub enum ServerError {
     },
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("accounts: {0}")]
+    Accounts(#[from] AccountError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot watch the config file: {0}")]
@@ -41,6 +44,7 @@ pub enum ServerError {
 /// A gateway with its listeners bound, ready to serve.
 pub struct Gateway {
     pub shared: Arc<Shared>,
+    pub accounts: Arc<Accounts>,
     pub live: LiveSnapshot,
     proxy: TcpListener,
     admin: TcpListener,
@@ -66,10 +70,13 @@ impl Gateway {
         let store = tokio::task::spawn_blocking(move || crate::state::open_store(&store_cfg))
             .await
             .map_err(|e| crate::store::StoreError::Internal(e.to_string()))??;
+        let accounts =
+            Arc::new(Accounts::open(store.clone(), &config, crate::endpoints::unix_now()).await?);
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
         let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &shared)));
         Ok(Gateway {
             shared,
+            accounts,
             live,
             proxy,
             admin,
@@ -94,6 +101,7 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (shared, live) = (self.shared.clone(), self.live.clone());
+        let accounts = self.accounts.clone();
         let proxy = listener::serve(
             self.proxy,
             self.tls,
@@ -101,14 +109,14 @@ impl Gateway {
             stop_rx.clone(),
             drain,
             move |peer, tls| {
-                let (shared, live) = (shared.clone(), live.clone());
+                let (shared, accounts, live) = (shared.clone(), accounts.clone(), live.clone());
                 let conn = dispatch::ConnInfo { peer, tls };
                 move |req| {
-                    let shared = shared.clone();
+                    let (shared, accounts) = (shared.clone(), accounts.clone());
                     let snapshot = live.load_full();
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            dispatch::handle(shared, snapshot, conn, req).await,
+                            dispatch::handle(shared, accounts, snapshot, conn, req).await,
                         )
                     }
                 }
@@ -161,6 +169,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tick_rx,
     ));
 
+    tokio::spawn(refresh_signing_keys(
+        gateway.accounts.clone(),
+        gateway.live.clone(),
+    ));
+
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
     let shutdown = async move {
@@ -179,4 +192,25 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     drop(watcher);
     tracing::info!(target: "gatehouse::server", "stopped");
     Ok(())
+}
+
+/// How often the signing keys are re-read from the store, so a rotation made by another
+/// replica or by `gatehouse keys rotate-signing` starts signing here within this long (tokens
+/// with an unknown `kid` trigger an earlier re-read).
+const KEY_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn refresh_signing_keys(accounts: Arc<Accounts>, live: LiveSnapshot) {
+    let mut tick = tokio::time::interval(KEY_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let config = live.load_full().config.clone();
+        if let Err(e) = accounts
+            .reload_keys(&config, crate::endpoints::unix_now())
+            .await
+        {
+            tracing::warn!(target: "gatehouse::accounts", error = %e, "cannot re-read the signing keys; keeping the current ones");
+        }
+    }
 }

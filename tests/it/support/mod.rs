@@ -161,6 +161,49 @@ impl Gateway {
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
+    /// Stops the process (SIGTERM, drained) and starts it again on the same config and data
+    /// directory; the new process listens on new ports when the config says port 0.
+    pub fn restart(mut self) -> Gateway {
+        self.signal("TERM");
+        assert_eq!(
+            self.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "{}",
+            self.stderr()
+        );
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let config_path = self.config_path.clone();
+        drop(self);
+        Self::spawn(dir, config_path)
+    }
+
+    /// Runs `gatehouse ARGS --config <this gateway's config>` with `stdin` and returns
+    /// (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Waits until the process exits and returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
@@ -319,6 +362,26 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: TestB
     }
     let resp = client().request(req.body(body).unwrap()).await.unwrap();
     collect(resp).await
+}
+
+/// Sends a JSON body (or none for `Value::Null`) with an optional bearer token.
+pub async fn send_json(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: &serde_json::Value,
+) -> Answer {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let body = if body.is_null() {
+        empty()
+    } else {
+        full(body.to_string())
+    };
+    send(method, url, &headers, body).await
 }
 
 pub async fn get(url: &str) -> Answer {

@@ -1,0 +1,846 @@
+//! The account domain, without HTTP: registration, password login, sessions with refresh
+//! rotation, bearer-token authentication of the account API, profile and password changes,
+//! and the signing keys tokens are made with.
+//!
+//! Owns: the rules of SPEC sections 5 and 6 (who may register, what a login checks and in
+//! which order, what a session and its tokens contain, what a password change revokes).
+//! Used alike by `endpoints` (the `/auth` API) and `cli` (`gatehouse users create`).
+//!
+//! Must not touch: HTTP types (requests come in as plain inputs, failures leave as
+//! [`AccountError`], which `endpoints` maps to problem responses), or the clock: every call
+//! takes `now` in milliseconds.
+
+pub mod validate;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use crate::auth::jwt::{self, AccessClaims, Expectation, JwtError};
+use crate::auth::password::{self, PasswordError};
+use crate::auth::signing::{self, KeyRing, SigningError};
+use crate::config::{Config, RegistrationMode};
+use crate::ratelimit::{Decision, LoginLimiter, LoginLimits, WindowCounter};
+use crate::store::{
+    ConflictField, RefreshToken, RotateOutcome, Session, Store, StoreError, TokenHash, UnixMillis,
+    User, UserPatch, new_id,
+};
+use validate::{FieldIssue, IssueKind};
+
+/// JWT leeway for `exp`/`nbf` (SPEC section 3).
+const LEEWAY_SECS: u64 = 60;
+/// At most one store reload of the signing keys per this long when a token names an unknown
+/// `kid` (a key rotated by another replica or by `gatehouse keys rotate-signing`), so a flood
+/// of forged kids cannot turn into a flood of store reads.
+const KID_RELOAD_EVERY_MS: i64 = 5_000;
+
+/// Why an account operation failed. `endpoints` maps each variant to a SPEC section 4 code.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// One or more fields are wrong (all of them are listed).
+    #[error("invalid fields")]
+    Invalid(Vec<FieldIssue>),
+    /// The registration mode does not allow self sign-up.
+    #[error("registration is closed")]
+    RegistrationClosed,
+    /// Email, username or external id already taken.
+    #[error("{0} already taken")]
+    Taken(ConflictField),
+    /// Unknown account or wrong password: one variant, so the two cannot be told apart.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// Right password, disabled account.
+    #[error("account disabled")]
+    Disabled,
+    /// Over a rate limit.
+    #[error("rate limited")]
+    RateLimited(RateLimited),
+    /// A refresh token that is unknown, expired, rotated too long ago, or of an ended
+    /// session.
+    #[error("invalid refresh token: {0}")]
+    InvalidRefreshToken(&'static str),
+    /// An access token that failed verification.
+    #[error("invalid access token: {0}")]
+    Token(#[from] JwtError),
+    /// A valid token whose session ended or whose user is gone or disabled.
+    #[error("session revoked")]
+    SessionRevoked,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Hashing failed (not a wrong password: that is `InvalidCredentials`).
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    /// Signing failed.
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+}
+
+/// Which limit refused a request and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// `login`, `register`, ...
+    pub policy: &'static str,
+    pub quota: u32,
+    pub window: Duration,
+    pub retry_after: Duration,
+}
+
+/// Who is asking, as far as the account domain cares.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+}
+
+/// `POST /auth/register`'s input.
+#[derive(Debug, Default, Clone)]
+pub struct Registration {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_confirmation: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A new user made by an operator (`gatehouse users create`) rather than by sign-up.
+#[derive(Debug, Default, Clone)]
+pub struct NewUser {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+    pub password: String,
+}
+
+/// How a password login names the account.
+#[derive(Debug, Clone)]
+pub enum LoginId {
+    Email(String),
+    Username(String),
+}
+
+impl LoginId {
+    /// The key the login limiter counts under: the normalised email or the exact username.
+    fn limiter_key(&self) -> String {
+        match self {
+            LoginId::Email(e) => format!("e:{}", crate::store::normalize_email(e)),
+            LoginId::Username(u) => format!("u:{u}"),
+        }
+    }
+}
+
+/// `PATCH /auth/me`'s input: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Default, Clone)]
+pub struct ProfileChange {
+    pub name: Option<Option<String>>,
+    pub username: Option<Option<String>>,
+    pub email: Option<Option<String>>,
+}
+
+/// A new session and its first (or rotated) tokens.
+#[derive(Debug)]
+pub struct Issued {
+    pub user: User,
+    pub session: Session,
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Access token lifetime in seconds.
+    pub expires_in: u64,
+}
+
+/// A request authenticated by a Gatehouse access token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: User,
+    pub session_id: String,
+    pub claims: AccessClaims,
+}
+
+/// The account service: the store, the signing keys and the account API's limiters.
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    keys: ArcSwap<KeyRing>,
+    last_kid_reload: AtomicI64,
+    login_limiter: LoginLimiter,
+    register_limiter: WindowCounter,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("store", &self.store.kind())
+            .field("kid", &self.keys.load().current_kid())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new opaque secret of 256 random bits, base64url (43 characters).
+pub fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What is stored of a secret: its SHA-256. (Secrets are 256-bit random, so a fast hash is
+/// enough; argon2 is for low-entropy passwords.)
+pub fn secret_hash(secret: &str) -> TokenHash {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// How long a retired key must keep verifying: the longest token signed with it, plus the
+/// time another replica may keep signing with it before it re-reads the keys (a few
+/// seconds) and the verification leeway.
+pub fn max_token_lifetime(cfg: &Config) -> Duration {
+    cfg.tokens.access_ttl + Duration::from_secs(LEEWAY_SECS + 60)
+}
+
+impl Accounts {
+    /// Loads (or on the first start creates and stores) the signing keys and builds the
+    /// service.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        cfg: &Config,
+        now: UnixMillis,
+    ) -> Result<Accounts, AccountError> {
+        let ring = Self::load_ring(store.as_ref(), cfg, now).await?;
+        Ok(Accounts {
+            store,
+            keys: ArcSwap::from_pointee(ring),
+            last_kid_reload: AtomicI64::new(now),
+            login_limiter: LoginLimiter::new(),
+            register_limiter: WindowCounter::new(),
+        })
+    }
+
+    async fn load_ring(
+        store: &dyn Store,
+        cfg: &Config,
+        now: UnixMillis,
+    ) -> Result<KeyRing, AccountError> {
+        let keys =
+            signing::load_or_create(store, &cfg.tokens.signing, max_token_lifetime(cfg), now)
+                .await?;
+        Ok(KeyRing::new(&keys, now)?)
+    }
+
+    /// The store this service works on.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The current key ring (JWKS, verification).
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.load_full()
+    }
+
+    /// Re-reads the signing keys from the store (a rotation by another process or replica,
+    /// retired keys past their end). Called periodically and on reload.
+    pub async fn reload_keys(&self, cfg: &Config, now: UnixMillis) -> Result<(), AccountError> {
+        let ring = Self::load_ring(self.store.as_ref(), cfg, now).await?;
+        self.last_kid_reload.store(now, Ordering::Relaxed);
+        self.keys.store(Arc::new(ring));
+        Ok(())
+    }
+
+    /// Makes a new signing key current (`gatehouse keys rotate-signing`); the previous keys
+    /// keep verifying until the longest token they signed has expired.
+    pub async fn rotate_signing_key(
+        &self,
+        cfg: &Config,
+        now: UnixMillis,
+    ) -> Result<crate::store::SigningKey, AccountError> {
+        let key = signing::rotate(
+            self.store.as_ref(),
+            cfg.tokens.signing.alg,
+            max_token_lifetime(cfg),
+            now,
+        )
+        .await?;
+        self.reload_keys(cfg, now).await?;
+        Ok(key)
+    }
+
+    /// Every user, page by page (`gatehouse users list`).
+    pub async fn all_users(&self) -> Result<Vec<User>, AccountError> {
+        let mut query = crate::store::UserQuery {
+            limit: crate::store::MAX_PAGE,
+            ..Default::default()
+        };
+        let mut users = Vec::new();
+        loop {
+            let page = self.store.list_users(&query).await?;
+            users.extend(page.users);
+            match page.next_cursor {
+                Some(c) => query.cursor = Some(c),
+                None => return Ok(users),
+            }
+        }
+    }
+
+    // ---- registration ----
+
+    /// Self sign-up (`POST /auth/register`): checks the mode and the per-IP limit, validates
+    /// every field, stores the user and signs them in.
+    pub async fn register(
+        &self,
+        cfg: &Config,
+        input: Registration,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<Issued, AccountError> {
+        match cfg.accounts.registration {
+            RegistrationMode::Open => {}
+            RegistrationMode::InviteOnly | RegistrationMode::AdminOnly => {
+                return Err(AccountError::RegistrationClosed);
+            }
+        }
+        let limit = &cfg.rate_limits.register;
+        if let Decision::Limited { retry_after } =
+            self.register_limiter
+                .hit(&client.ip.to_string(), limit.requests, limit.per, now)
+        {
+            return Err(AccountError::RateLimited(RateLimited {
+                policy: "register",
+                quota: limit.requests,
+                window: limit.per,
+                retry_after,
+            }));
+        }
+
+        let mut issues = Vec::new();
+        let email = non_empty(input.email);
+        let username = non_empty(input.username);
+        let name = non_empty(input.name);
+        if email.is_none() && username.is_none() {
+            issues.push(FieldIssue::invalid(
+                "email",
+                "email or username is required",
+            ));
+        }
+        if let Some(e) = &email {
+            validate::email(e, &mut issues);
+        }
+        if let Some(u) = &username {
+            validate::username(u, &mut issues);
+        }
+        if let Some(n) = &name {
+            validate::name(n, &mut issues);
+        }
+        let password = input.password.unwrap_or_default();
+        if password.is_empty() {
+            issues.push(FieldIssue::invalid("password", "is required"));
+        } else {
+            validate::new_password(
+                "password",
+                &password,
+                cfg.accounts.password.min_length as usize,
+                &mut issues,
+            );
+            validate::confirmation(
+                &password,
+                input.password_confirmation.as_deref(),
+                &mut issues,
+            );
+        }
+        if !issues.is_empty() {
+            return Err(AccountError::Invalid(issues));
+        }
+
+        let user = self
+            .insert_user(
+                NewUser {
+                    email,
+                    username,
+                    name,
+                    roles: vec!["user".into()],
+                    password,
+                },
+                now,
+            )
+            .await?;
+        self.start_session(cfg, user, vec!["pwd".into()], client, now)
+            .await
+    }
+
+    /// Creates a user without signing in (operators, the CLI). Validates like sign-up but
+    /// ignores the registration mode and the limits.
+    pub async fn create_user(
+        &self,
+        cfg: &Config,
+        input: NewUser,
+        now: UnixMillis,
+    ) -> Result<User, AccountError> {
+        let mut issues = Vec::new();
+        if input.email.is_none() && input.username.is_none() {
+            issues.push(FieldIssue::invalid(
+                "email",
+                "email or username is required",
+            ));
+        }
+        if let Some(e) = &input.email {
+            validate::email(e, &mut issues);
+        }
+        if let Some(u) = &input.username {
+            validate::username(u, &mut issues);
+        }
+        if let Some(n) = &input.name {
+            validate::name(n, &mut issues);
+        }
+        validate::new_password(
+            "password",
+            &input.password,
+            cfg.accounts.password.min_length as usize,
+            &mut issues,
+        );
+        for role in &input.roles {
+            if !valid_role(role) {
+                issues.push(FieldIssue::invalid(
+                    "roles",
+                    format!("{role:?} is not a valid role name"),
+                ));
+            }
+        }
+        if !issues.is_empty() {
+            return Err(AccountError::Invalid(issues));
+        }
+        self.insert_user(input, now).await
+    }
+
+    async fn insert_user(&self, input: NewUser, now: UnixMillis) -> Result<User, AccountError> {
+        let hash = password::hash_blocking(input.password).await?;
+        let user = User {
+            id: new_id(),
+            email: input.email.map(|e| e.trim().to_owned()),
+            username: input.username,
+            name: input.name,
+            external_id: None,
+            email_verified: false,
+            roles: if input.roles.is_empty() {
+                vec!["user".into()]
+            } else {
+                input.roles
+            },
+            disabled: false,
+            password_hash: Some(hash),
+            mfa: None,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.store.create_user(&user).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { field }) => return Err(AccountError::Taken(field)),
+            Err(e) => return Err(e.into()),
+        }
+        // The store normalised the email; hand back what it holds.
+        Ok(self.store.get_user(&user.id).await?.unwrap_or(user))
+    }
+
+    // ---- login ----
+
+    /// Password login (`POST /auth/login`). The order is the contract: limit first (even
+    /// the right password is refused while over it), then the password (checked against a
+    /// dummy hash when the account does not exist, so both failures cost the same), then
+    /// the account state.
+    pub async fn login(
+        &self,
+        cfg: &Config,
+        id: LoginId,
+        password: String,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<Issued, AccountError> {
+        let limits = login_limits(cfg);
+        let account_key = id.limiter_key();
+        let ip = client.ip.to_string();
+        if let Decision::Limited { retry_after } =
+            self.login_limiter.check(&account_key, &ip, limits, now)
+        {
+            return Err(login_limited(cfg, retry_after));
+        }
+        let user = match &id {
+            LoginId::Email(e) => self.store.get_user_by_email(e).await?,
+            LoginId::Username(u) => self.store.get_user_by_username(u).await?,
+        };
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+        let ok = !password.is_empty() && password::verify_blocking(password, hash).await?;
+        let user = match (ok, user) {
+            (true, Some(user)) => user,
+            _ => {
+                self.login_limiter.failed(&account_key, &ip, limits, now);
+                return Err(AccountError::InvalidCredentials);
+            }
+        };
+        self.login_limiter.succeeded(&account_key, &ip);
+        if user.disabled {
+            return Err(AccountError::Disabled);
+        }
+        self.start_session(cfg, user, vec!["pwd".into()], client, now)
+            .await
+    }
+
+    /// Creates a session with its first refresh token and signs an access token for it.
+    pub async fn start_session(
+        &self,
+        cfg: &Config,
+        user: User,
+        amr: Vec<String>,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<Issued, AccountError> {
+        // A session lasts `refresh_ttl` from login; refreshing does not extend it.
+        let expires_at = now.saturating_add(ms(cfg.tokens.refresh_ttl));
+        let session = Session {
+            id: new_id(),
+            user_id: user.id.clone(),
+            created_at: now,
+            last_used_at: now,
+            expires_at,
+            user_agent: client.user_agent.clone(),
+            ip: Some(client.ip.to_string()),
+            amr,
+            revoked_at: None,
+        };
+        let refresh_token = new_secret();
+        let refresh = RefreshToken {
+            token_hash: secret_hash(&refresh_token),
+            session_id: session.id.clone(),
+            created_at: now,
+            expires_at,
+            used_at: None,
+        };
+        self.store.create_session(&session, Some(&refresh)).await?;
+        let access_token = self.sign_access(cfg, &user, &session, now)?;
+        Ok(Issued {
+            user,
+            session,
+            access_token,
+            refresh_token,
+            expires_in: cfg.tokens.access_ttl.as_secs(),
+        })
+    }
+
+    fn sign_access(
+        &self,
+        cfg: &Config,
+        user: &User,
+        session: &Session,
+        now: UnixMillis,
+    ) -> Result<String, AccountError> {
+        let iat = now.div_euclid(1000);
+        let claims = AccessClaims {
+            iss: cfg.tokens.issuer.clone(),
+            sub: user.id.clone(),
+            aud: cfg.tokens.audience.clone(),
+            exp: iat.saturating_add(cfg.tokens.access_ttl.as_secs() as i64),
+            iat,
+            jti: new_id(),
+            sid: session.id.clone(),
+            roles: user.roles.clone(),
+            amr: session.amr.clone(),
+            email: user.email.clone(),
+            username: user.username.clone(),
+            scope: None,
+        };
+        Ok(jwt::issue_access(&self.keys.load(), &claims)?)
+    }
+
+    // ---- refresh ----
+
+    /// Rotates a refresh token (`POST /auth/refresh`); reuse detection is the store's
+    /// atomic `rotate_refresh`.
+    pub async fn refresh(
+        &self,
+        cfg: &Config,
+        presented: &str,
+        now: UnixMillis,
+    ) -> Result<Issued, AccountError> {
+        let refresh_token = new_secret();
+        let outcome = self
+            .store
+            .rotate_refresh(
+                &secret_hash(presented),
+                &secret_hash(&refresh_token),
+                now,
+                cfg.tokens.refresh_reuse_grace,
+                now.saturating_add(ms(cfg.tokens.refresh_ttl)),
+            )
+            .await?;
+        let session = match outcome {
+            RotateOutcome::Rotated { session, .. } => session,
+            RotateOutcome::NotFound => return Err(AccountError::InvalidRefreshToken("unknown")),
+            RotateOutcome::Revoked { .. } => {
+                return Err(AccountError::InvalidRefreshToken("session ended"));
+            }
+            RotateOutcome::Expired { .. } => {
+                return Err(AccountError::InvalidRefreshToken("expired"));
+            }
+            RotateOutcome::ReuseDetected { session_id } => {
+                tracing::warn!(target: "gatehouse::accounts", session_id = %session_id, "refresh token reused after rotation; session revoked");
+                return Err(AccountError::InvalidRefreshToken("reused"));
+            }
+        };
+        let user = match self.store.get_user(&session.user_id).await? {
+            Some(u) if !u.disabled => u,
+            _ => return Err(AccountError::InvalidRefreshToken("session ended")),
+        };
+        let access_token = self.sign_access(cfg, &user, &session, now)?;
+        Ok(Issued {
+            user,
+            session,
+            access_token,
+            refresh_token,
+            expires_in: cfg.tokens.access_ttl.as_secs(),
+        })
+    }
+
+    // ---- bearer authentication of the account API ----
+
+    /// Verifies a Gatehouse access token and checks that its session and user are still
+    /// good (straight from the store: the account API is not the hot path).
+    pub async fn authenticate(
+        &self,
+        cfg: &Config,
+        token: &str,
+        now: UnixMillis,
+    ) -> Result<Caller, AccountError> {
+        let expect = Expectation {
+            issuer: &cfg.tokens.issuer,
+            audience: &cfg.tokens.audience,
+            now_secs: now.div_euclid(1000),
+            leeway_secs: LEEWAY_SECS,
+        };
+        let claims = match jwt::verify_access(&self.keys.load(), token, &expect) {
+            Err(JwtError::UnknownKid) if self.may_reload_for_kid(now) => {
+                self.reload_keys(cfg, now).await?;
+                jwt::verify_access(&self.keys.load(), token, &expect)?
+            }
+            other => other?,
+        };
+        if self.store.is_session_revoked(&claims.sid, now).await? {
+            return Err(AccountError::SessionRevoked);
+        }
+        let user = match self.store.get_user(&claims.sub).await? {
+            Some(u) if !u.disabled => u,
+            _ => return Err(AccountError::SessionRevoked),
+        };
+        Ok(Caller {
+            user,
+            session_id: claims.sid.clone(),
+            claims,
+        })
+    }
+
+    fn may_reload_for_kid(&self, now: UnixMillis) -> bool {
+        let last = self.last_kid_reload.load(Ordering::Relaxed);
+        now - last >= KID_RELOAD_EVERY_MS
+            && self
+                .last_kid_reload
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Ends the caller's session (`POST /auth/logout`).
+    pub async fn logout(&self, caller: &Caller, now: UnixMillis) -> Result<(), AccountError> {
+        match self
+            .store
+            .revoke_session(&caller.session_id, Some(&caller.user.id), now)
+            .await
+        {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ---- profile ----
+
+    /// `PATCH /auth/me`. A new email is unverified until proven again.
+    pub async fn update_profile(
+        &self,
+        caller: &Caller,
+        change: ProfileChange,
+        now: UnixMillis,
+    ) -> Result<User, AccountError> {
+        let mut issues = Vec::new();
+        if let Some(Some(n)) = &change.name {
+            validate::name(n, &mut issues);
+        }
+        if let Some(Some(u)) = &change.username {
+            validate::username(u, &mut issues);
+        }
+        if let Some(Some(e)) = &change.email {
+            validate::email(e, &mut issues);
+        }
+        // An account must keep a way to sign in by name.
+        let email_after = match &change.email {
+            Some(e) => e.is_some(),
+            None => caller.user.email.is_some(),
+        };
+        let username_after = match &change.username {
+            Some(u) => u.is_some(),
+            None => caller.user.username.is_some(),
+        };
+        if !email_after && !username_after {
+            issues.push(FieldIssue::invalid(
+                "email",
+                "an account needs an email or a username",
+            ));
+        }
+        if !issues.is_empty() {
+            return Err(AccountError::Invalid(issues));
+        }
+        let email_changed = change.email.as_ref().is_some_and(|new| {
+            new.as_deref().map(crate::store::normalize_email) != caller.user.email
+        });
+        let patch = UserPatch {
+            name: change.name,
+            username: change.username,
+            email: change.email.map(|e| e.map(|s| s.trim().to_owned())),
+            email_verified: email_changed.then_some(false),
+            ..UserPatch::default()
+        };
+        match self.store.update_user(&caller.user.id, &patch, now).await {
+            Ok(user) => Ok(user),
+            Err(StoreError::Conflict { field }) => Err(AccountError::Taken(field)),
+            Err(StoreError::NotFound) => Err(AccountError::SessionRevoked),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks the caller's current password, counting failures like failed logins so a
+    /// stolen access token cannot be used to guess the password.
+    async fn check_current_password(
+        &self,
+        cfg: &Config,
+        caller: &Caller,
+        field: &'static str,
+        password: Option<String>,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        let limits = login_limits(cfg);
+        let key = format!("id:{}", caller.user.id);
+        let ip = client.ip.to_string();
+        if let Decision::Limited { retry_after } = self.login_limiter.check(&key, &ip, limits, now)
+        {
+            return Err(login_limited(cfg, retry_after));
+        }
+        let Some(password) = password.filter(|p| !p.is_empty()) else {
+            return Err(AccountError::Invalid(vec![FieldIssue::invalid(
+                field,
+                "is required",
+            )]));
+        };
+        if password::verify_blocking(password, caller.user.password_hash.clone()).await? {
+            self.login_limiter.succeeded(&key, &ip);
+            Ok(())
+        } else {
+            self.login_limiter.failed(&key, &ip, limits, now);
+            Err(AccountError::Invalid(vec![FieldIssue::invalid(
+                field,
+                "is not the account's password",
+            )]))
+        }
+    }
+
+    /// `POST /auth/password`: a new password; every other session of the user ends.
+    pub async fn change_password(
+        &self,
+        cfg: &Config,
+        caller: &Caller,
+        current: Option<String>,
+        new: Option<String>,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        let new = new.unwrap_or_default();
+        let mut issues = Vec::new();
+        validate::new_password(
+            "new_password",
+            &new,
+            cfg.accounts.password.min_length as usize,
+            &mut issues,
+        );
+        if !issues.is_empty() {
+            return Err(AccountError::Invalid(issues));
+        }
+        self.check_current_password(cfg, caller, "current_password", current, client, now)
+            .await?;
+        let hash = password::hash_blocking(new).await?;
+        let patch = UserPatch {
+            password_hash: Some(Some(hash)),
+            ..UserPatch::default()
+        };
+        self.store.update_user(&caller.user.id, &patch, now).await?;
+        self.store
+            .revoke_user_sessions(&caller.user.id, Some(&caller.session_id), now)
+            .await?;
+        Ok(())
+    }
+
+    /// `DELETE /auth/me`: with the password (when the account has one), the account and
+    /// everything it owns are deleted.
+    pub async fn delete_account(
+        &self,
+        cfg: &Config,
+        caller: &Caller,
+        password: Option<String>,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        if caller.user.password_hash.is_some() {
+            self.check_current_password(cfg, caller, "password", password, client, now)
+                .await?;
+        }
+        match self.store.delete_user(&caller.user.id).await {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn login_limits(cfg: &Config) -> LoginLimits {
+    LoginLimits {
+        attempts: cfg.rate_limits.login.attempts,
+        ip_attempts: cfg.rate_limits.login.ip_attempts,
+        per: cfg.rate_limits.login.per,
+    }
+}
+
+fn login_limited(cfg: &Config, retry_after: Duration) -> AccountError {
+    AccountError::RateLimited(RateLimited {
+        policy: "login",
+        quota: cfg.rate_limits.login.attempts,
+        window: cfg.rate_limits.login.per,
+        retry_after,
+    })
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+/// Role names: 1–64 of `[A-Za-z0-9_.:-]`, so they survive a comma-separated header.
+pub fn valid_role(role: &str) -> bool {
+    (1..=64).contains(&role.len())
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// Whether a lone issue deserves its own code (`weak_password`, `passwords_do_not_match`).
+pub fn single_issue_kind(issues: &[FieldIssue]) -> Option<IssueKind> {
+    match issues {
+        [one] => Some(one.kind),
+        _ => None,
+    }
+}

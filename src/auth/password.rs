@@ -1,0 +1,425 @@
+//! Password hashing (argon2id, PHC strings) and the password policy (length bounds and the
+//! common-passwords list).
+//!
+//! Owns: the argon2 parameters new hashes are made with, the timing equaliser for logins of
+//! unknown accounts, and the bundled list of common passwords. Leaf module: it knows nothing of
+//! users, the store or HTTP. Hashing and verifying are CPU-heavy (tens of milliseconds) and
+//! synchronous; on the runtime, call them through [`hash_blocking`] / [`verify_blocking`], which
+//! run on tokio's blocking pool. Passwords are never logged, formatted or put in an error.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{self, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+// The first argon2id option of the OWASP Password Storage Cheat Sheet: m = 19 MiB (in KiB),
+// t = 2, p = 1; 32-byte output. Salts are 16 random bytes (`SaltString::generate`).
+const PARAMS: Params = match Params::new(19 * 1024, 2, 1, Some(32)) {
+    Ok(params) => params,
+    Err(_) => panic!("invalid argon2 parameters"),
+};
+
+// Memory cost above which a stored hash is refused rather than verified: argon2 allocates
+// m KiB up front and an allocation failure aborts the process, so a corrupt row claiming
+// m=4294967295 must not reach it. 1 GiB is 50 times the current cost.
+const MAX_VERIFY_M_COST_KIB: u32 = 1024 * 1024;
+
+/// Longest accepted password, in Unicode scalar values. NIST SP 800-63B asks verifiers to accept
+/// at least 64 characters; 128 leaves room for any passphrase while refusing multi-kilobyte
+/// inputs that only cost request memory and hashing time.
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
+/// Why hashing or verifying failed. Never carries the password.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    /// The stored hash is not an argon2 PHC string this module can verify against (garbage,
+    /// another algorithm, out-of-range parameters, missing salt or output).
+    #[error("stored password hash is not a valid argon2 PHC string")]
+    InvalidHash(#[source] password_hash::Error),
+    /// Hashing itself failed.
+    #[error("password hashing failed")]
+    Hashing(#[source] password_hash::Error),
+    /// The blocking task running the hash panicked or was cancelled.
+    #[error("password hashing task did not complete")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+/// A password refused by [`check_policy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyViolation {
+    /// Fewer than `min` characters.
+    TooShort {
+        /// The configured minimum.
+        min: usize,
+    },
+    /// More than `max` characters.
+    TooLong {
+        /// [`MAX_PASSWORD_CHARS`].
+        max: usize,
+    },
+    /// In the bundled common-passwords list (compared case-insensitively).
+    Common,
+}
+
+impl PolicyViolation {
+    /// The text for an API `errors[].message` about the password field, e.g. "must be at least 8
+    /// characters".
+    pub fn message(&self) -> String {
+        match self {
+            Self::TooShort { min } => format!("must be at least {min} characters"),
+            Self::TooLong { max } => format!("must be at most {max} characters"),
+            Self::Common => "is too common; choose a less guessable password".to_owned(),
+        }
+    }
+}
+
+fn hasher() -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, PARAMS)
+}
+
+/// Hashes `password` with argon2id (m=19456 KiB, t=2, p=1, 32-byte output) and a fresh random
+/// 16-byte salt from the OS, into a PHC string: `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`.
+///
+/// # Errors
+/// [`PasswordError::Hashing`] if argon2 refuses the input (it does not for any `&str` of a
+/// realistic size).
+pub fn hash_password(password: &str) -> Result<String, PasswordError> {
+    let salt = SaltString::generate(&mut OsRng);
+    hasher()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(PasswordError::Hashing)
+}
+
+/// Checks `password` against a stored PHC string. The argon2 variant, version and parameters
+/// come from the string, so hashes made with older or other argon2 parameters still verify.
+/// The output comparison is constant-time.
+///
+/// # Errors
+/// [`PasswordError::InvalidHash`] if `phc` cannot be parsed, names an algorithm or parameters
+/// argon2 cannot use, or asks for more than 1 GiB of memory; a wrong password is `Ok(false)`,
+/// never an error.
+pub fn verify_password(password: &str, phc: &str) -> Result<bool, PasswordError> {
+    let hash = PasswordHash::new(phc).map_err(PasswordError::InvalidHash)?;
+    // Without these the verifier answers "wrong password" to every input: a stored hash lacking
+    // them is corrupt, not a mismatch.
+    if hash.salt.is_none() || hash.hash.is_none() {
+        return Err(PasswordError::InvalidHash(
+            password_hash::Error::PhcStringField,
+        ));
+    }
+    let params = Params::try_from(&hash).map_err(PasswordError::InvalidHash)?;
+    if params.m_cost() > MAX_VERIFY_M_COST_KIB {
+        return Err(PasswordError::InvalidHash(
+            password_hash::errors::InvalidValue::TooLong.param_error(),
+        ));
+    }
+    match hasher().verify_password(password.as_bytes(), &hash) {
+        Ok(()) => Ok(true),
+        Err(password_hash::Error::Password) => Ok(false),
+        Err(e @ password_hash::Error::Crypto) => Err(PasswordError::Hashing(e)),
+        // The rest describe the stored string: algorithm, version, parameters, encoding.
+        Err(e) => Err(PasswordError::InvalidHash(e)),
+    }
+}
+
+// PHC string of a fixed password hashed with `PARAMS`, made on first use. Verifying against it
+// costs what a real verification costs (parsing included), so a login naming an unknown
+// account takes as long as one with a wrong password.
+static DUMMY_HASH: LazyLock<Result<String, PasswordError>> =
+    LazyLock::new(|| hash_password("gatehouse timing equaliser"));
+
+/// Spends the time of one [`verify_password`] against a hash made with the current parameters
+/// and discards the result: for logins naming an account that does not exist (SPEC section 4,
+/// similar timing). The first call in a process also pays for making the dummy hash.
+pub fn verify_dummy(password: &str) {
+    match &*DUMMY_HASH {
+        Ok(phc) => {
+            let _ = verify_password(password, phc);
+        }
+        // Hashing costs the same as verifying.
+        Err(_) => {
+            let _ = hash_password(password);
+        }
+    }
+}
+
+/// [`hash_password`] on tokio's blocking pool.
+///
+/// # Errors
+/// As [`hash_password`], plus [`PasswordError::Join`] if the task panicked or was cancelled.
+pub async fn hash_blocking(password: String) -> Result<String, PasswordError> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(PasswordError::Join)?
+}
+
+/// [`verify_password`] on tokio's blocking pool. With `phc` `None` (no such account) it runs
+/// [`verify_dummy`] instead and answers `Ok(false)`, taking about as long.
+///
+/// # Errors
+/// As [`verify_password`], plus [`PasswordError::Join`] if the task panicked or was cancelled.
+pub async fn verify_blocking(password: String, phc: Option<String>) -> Result<bool, PasswordError> {
+    tokio::task::spawn_blocking(move || match phc {
+        Some(phc) => verify_password(&password, &phc),
+        None => {
+            verify_dummy(&password);
+            Ok(false)
+        }
+    })
+    .await
+    .map_err(PasswordError::Join)?
+}
+
+// Django 5.2.19 (PyPI `django`, BSD-3-Clause): contrib/auth/common-passwords.txt.gz, 19,640 lines.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| include_str!("common-passwords.txt").lines().collect());
+
+/// Checks `password` against the policy: at least `min_length` and at most
+/// [`MAX_PASSWORD_CHARS`] characters (Unicode scalar values, so "ü" counts once), and not in the
+/// bundled common-passwords list, compared case-insensitively. Nothing is trimmed or
+/// normalised: the password is checked as it will be hashed.
+///
+/// # Errors
+/// The first rule broken, in that order.
+pub fn check_policy(password: &str, min_length: usize) -> Result<(), PolicyViolation> {
+    let chars = password.chars().count();
+    if chars < min_length {
+        return Err(PolicyViolation::TooShort { min: min_length });
+    }
+    if chars > MAX_PASSWORD_CHARS {
+        return Err(PolicyViolation::TooLong {
+            max: MAX_PASSWORD_CHARS,
+        });
+    }
+    if COMMON_PASSWORDS.contains(password.to_lowercase().as_str()) {
+        return Err(PolicyViolation::Common);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "$argon2id$v=19$m=19456,t=2,p=1$";
+
+    #[test]
+    fn hash_then_verify() {
+        let phc = hash_password("correct horse battery staple").unwrap();
+        assert!(phc.starts_with(PREFIX), "{phc}");
+        assert!(verify_password("correct horse battery staple", &phc).unwrap());
+        assert!(!verify_password("correct horse battery stapler", &phc).unwrap());
+        assert!(!verify_password("", &phc).unwrap());
+    }
+
+    #[test]
+    fn phc_has_16_byte_salt_and_32_byte_output() {
+        let phc = hash_password("pw").unwrap();
+        let parsed = PasswordHash::new(&phc).unwrap();
+        let mut salt = [0u8; 64];
+        assert_eq!(
+            parsed.salt.unwrap().decode_b64(&mut salt).unwrap().len(),
+            16
+        );
+        assert_eq!(parsed.hash.unwrap().len(), 32);
+    }
+
+    #[test]
+    fn same_password_hashes_differ() {
+        let a = hash_password("same password").unwrap();
+        let b = hash_password("same password").unwrap();
+        assert_ne!(a, b);
+        assert!(verify_password("same password", &a).unwrap());
+        assert!(verify_password("same password", &b).unwrap());
+    }
+
+    #[test]
+    fn unusable_hash_is_an_error() {
+        let good = hash_password("pw").unwrap();
+        let no_output = good.rsplit_once('$').unwrap().0.to_owned();
+        for phc in [
+            "",
+            "garbage",
+            "$argon2id$v=19$m=19456,t=2,p=1$",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$!!!",
+            "$argon2id$v=19$m=1,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "$argon2id$v=19$m=4294967295,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "$pbkdf2-sha256$i=1000$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW",
+            &no_output,
+        ] {
+            assert!(
+                matches!(
+                    verify_password("pw", phc),
+                    Err(PasswordError::InvalidHash(_))
+                ),
+                "{phc:?} -> {:?}",
+                verify_password("pw", phc)
+            );
+        }
+    }
+
+    #[test]
+    fn verifies_hashes_made_with_other_parameters() {
+        let params = Params::new(8192, 1, 1, Some(32)).unwrap();
+        let salt = SaltString::generate(&mut OsRng);
+        let other = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(b"older hash", &salt)
+            .unwrap()
+            .to_string();
+        assert!(
+            other.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"),
+            "{other}"
+        );
+        assert!(verify_password("older hash", &other).unwrap());
+        assert!(!verify_password("older hash!", &other).unwrap());
+    }
+
+    #[test]
+    fn reference_implementation_hashes_verify() {
+        // Made by the reference implementation's CLI (phc-winner-argon2, Debian `argon2`):
+        // echo -n 'correct horse battery staple' | argon2 gatehouse-salt16 -id -t 2 -k 19456 -p 1 -l 32 -e
+        let id = "$argon2id$v=19$m=19456,t=2,p=1$Z2F0ZWhvdXNlLXNhbHQxNg$bsXFENIwjcWvJE0fNSKGJUdiUsIMdeBM0ApgamQdnew";
+        assert!(verify_password("correct horse battery staple", id).unwrap());
+        assert!(!verify_password("correct horse battery stapl", id).unwrap());
+        // echo -n password | argon2 somesaltsomesalt -i -t 1 -k 8192 -p 2 -l 16 -e
+        let i = "$argon2i$v=19$m=8192,t=1,p=2$c29tZXNhbHRzb21lc2FsdA$9iGx2r9+7HJ9ZLl4ZmiQVg";
+        assert!(verify_password("password", i).unwrap());
+        assert!(!verify_password("Password", i).unwrap());
+    }
+
+    #[test]
+    fn dummy_hash_uses_current_parameters() {
+        let dummy = DUMMY_HASH.as_ref().unwrap();
+        assert!(dummy.starts_with(PREFIX), "{dummy}");
+        verify_dummy("anything");
+    }
+
+    #[tokio::test]
+    async fn blocking_wrappers() {
+        let phc = hash_blocking("async pw".to_owned()).await.unwrap();
+        assert!(
+            verify_blocking("async pw".to_owned(), Some(phc.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify_blocking("wrong".to_owned(), Some(phc))
+                .await
+                .unwrap()
+        );
+        assert!(!verify_blocking("async pw".to_owned(), None).await.unwrap());
+        assert!(matches!(
+            verify_blocking("pw".to_owned(), Some("nope".to_owned())).await,
+            Err(PasswordError::InvalidHash(_))
+        ));
+    }
+
+    #[test]
+    fn error_messages_carry_no_password() {
+        let e = verify_password("hunter2-secret", "garbage").unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn list_contains_the_obvious_and_is_lowercase() {
+        for pw in [
+            "password",
+            "12345678",
+            "qwerty123",
+            "iloveyou",
+            "password1",
+            "123456",
+        ] {
+            assert!(COMMON_PASSWORDS.contains(pw), "{pw}");
+        }
+        assert!(
+            COMMON_PASSWORDS.len() > 10_000,
+            "{}",
+            COMMON_PASSWORDS.len()
+        );
+        assert!(
+            COMMON_PASSWORDS
+                .iter()
+                .all(|p| !p.is_empty() && *p == p.to_lowercase())
+        );
+    }
+
+    #[test]
+    fn policy_length_bounds() {
+        assert_eq!(
+            check_policy("Xy7#kq", 8),
+            Err(PolicyViolation::TooShort { min: 8 })
+        );
+        let long = "vR9!".repeat(33);
+        assert_eq!(
+            check_policy(&long, 8),
+            Err(PolicyViolation::TooLong { max: 128 })
+        );
+        assert_eq!(check_policy(&long[..128], 8), Ok(()));
+        assert_eq!(check_policy("", 0), Ok(()));
+    }
+
+    #[test]
+    fn policy_counts_chars_not_bytes() {
+        // 8 chars, 16 bytes: long enough for min 8, too short for min 9.
+        let pw = "ÿøüßéñçå";
+        assert_eq!(pw.len(), 16);
+        assert_eq!(check_policy(pw, 8), Ok(()));
+        assert_eq!(
+            check_policy(pw, 9),
+            Err(PolicyViolation::TooShort { min: 9 })
+        );
+        // 128 four-byte chars are allowed, 129 are not.
+        assert_eq!(check_policy(&"🔑".repeat(128), 8), Ok(()));
+        assert_eq!(
+            check_policy(&"🔑".repeat(129), 8),
+            Err(PolicyViolation::TooLong { max: 128 })
+        );
+    }
+
+    #[test]
+    fn policy_refuses_common_case_insensitively() {
+        for pw in [
+            "password1",
+            "Password1",
+            "PASSWORD1",
+            "iLoveYou",
+            "qwerty123",
+        ] {
+            assert_eq!(check_policy(pw, 8), Err(PolicyViolation::Common), "{pw}");
+        }
+        // Length is checked first: a short common password is reported as too short.
+        assert_eq!(
+            check_policy("123456", 8),
+            Err(PolicyViolation::TooShort { min: 8 })
+        );
+        assert_eq!(check_policy("123456", 6), Err(PolicyViolation::Common));
+    }
+
+    #[test]
+    fn policy_accepts_a_good_password() {
+        assert_eq!(check_policy("t4Vq-Lm9z!pR2wXe", 8), Ok(()));
+        assert_eq!(check_policy("correct horse battery staple", 12), Ok(()));
+    }
+
+    #[test]
+    fn violation_messages() {
+        assert_eq!(
+            PolicyViolation::TooShort { min: 8 }.message(),
+            "must be at least 8 characters"
+        );
+        assert_eq!(
+            PolicyViolation::TooLong { max: 128 }.message(),
+            "must be at most 128 characters"
+        );
+        assert_eq!(
+            PolicyViolation::Common.message(),
+            "is too common; choose a less guessable password"
+        );
+    }
+}

@@ -1,0 +1,427 @@
+//! The gateway's own HTTP API: `/auth/...` (under `accounts.prefix`) and `/.well-known/...`,
+//! answered on every host before any route is matched.
+//!
+//! Owns: decoding requests (JSON bodies, bearer tokens, client address), calling
+//! `accounts`, and encoding answers; the mapping of [`AccountError`] to [`ApiError`] is here
+//! and nowhere else. Thin on purpose: every rule lives in `accounts`.
+//!
+//! Must not touch: the store (only through `accounts`) or the proxy.
+
+pub mod wire;
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+
+use crate::accounts::validate::IssueKind;
+use crate::accounts::{
+    AccountError, Accounts, Caller, ClientInfo, ProfileChange, Registration, single_issue_kind,
+};
+use crate::body::ResBody;
+use crate::config::Config;
+use crate::problem::{ApiError, FieldError, RateLimitInfo};
+use crate::state::RequestCtx;
+use crate::store::{StoreError, UnixMillis};
+use wire::{
+    DeleteAccountBody, LoginBody, PasswordBody, ProfileBody, RefreshBody, RegisterBody,
+    token_answer, user_view,
+};
+
+/// Largest JSON body the account API reads; its documents are small.
+const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// Milliseconds since the Unix epoch by the wall clock.
+pub fn unix_now() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> Self {
+        match err {
+            AccountError::Invalid(issues) => match single_issue_kind(&issues) {
+                Some(IssueKind::Mismatch) => ApiError::PasswordsDoNotMatch,
+                Some(IssueKind::WeakPassword) => {
+                    ApiError::WeakPassword(issues.into_iter().map(|i| i.message).collect())
+                }
+                Some(IssueKind::Invalid) | None => ApiError::ValidationFailed {
+                    errors: issues
+                        .into_iter()
+                        .map(|i| FieldError::new(i.field, i.message))
+                        .collect(),
+                },
+            },
+            AccountError::RegistrationClosed => ApiError::Forbidden,
+            AccountError::Taken(field) => ApiError::AlreadyExists {
+                field: field.as_str(),
+            },
+            AccountError::InvalidCredentials => ApiError::InvalidCredentials,
+            AccountError::Disabled => ApiError::AccountDisabled,
+            AccountError::RateLimited(r) => ApiError::RateLimited(RateLimitInfo {
+                policy: r.policy.to_owned(),
+                quota: r.quota,
+                window_secs: r.window.as_secs(),
+                retry_after_secs: ceil_secs(r.retry_after),
+            }),
+            AccountError::InvalidRefreshToken(why) => {
+                ApiError::InvalidToken(format!("the refresh token is not valid ({why})"))
+            }
+            AccountError::Token(e) if e.is_expired() => ApiError::TokenExpired,
+            AccountError::Token(e) => ApiError::InvalidToken(e.to_string()),
+            AccountError::SessionRevoked => ApiError::SessionRevoked,
+            AccountError::Store(StoreError::Unavailable(e)) => ApiError::StoreUnavailable(e),
+            AccountError::Store(
+                e @ (StoreError::NotFound
+                | StoreError::Conflict { .. }
+                | StoreError::InvalidCursor
+                | StoreError::Internal(_)),
+            ) => ApiError::Internal(e.to_string()),
+            AccountError::Password(e) => ApiError::Internal(e.to_string()),
+            AccountError::Signing(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// `Retry-After` is whole seconds; round up so a client that obeys it is not refused again.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// True when `path` is answered here rather than routed.
+pub fn is_own_endpoint(config: &Config, path: &str) -> bool {
+    crate::router::prefix_matches(&config.accounts.prefix, path)
+        || path.starts_with("/.well-known/")
+}
+
+/// Serves one request to the account API or a discovery document.
+pub async fn handle(
+    accounts: &Accounts,
+    config: &Config,
+    ctx: &RequestCtx,
+    path: &str,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<ResBody>, ApiError> {
+    let prefix = config.accounts.prefix.trim_end_matches('/');
+    let sub = path
+        .strip_prefix(prefix)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let method = req.method().clone();
+    let now = unix_now();
+    match (sub, path) {
+        (_, "/.well-known/jwks.json") => {
+            allow(&method, &[Method::GET, Method::HEAD])?;
+            let keys = accounts.keys();
+            Ok(json_bytes(StatusCode::OK, keys.jwks().clone(), false))
+        }
+        (_, "/.well-known/openid-configuration") => {
+            allow(&method, &[Method::GET, Method::HEAD])?;
+            Ok(json(StatusCode::OK, &discovery(config), false))
+        }
+        (Some("/register"), _) => {
+            allow(&method, &[Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let body: RegisterBody = read_json(req).await?;
+            let issued = accounts
+                .register(
+                    config,
+                    Registration {
+                        email: body.email,
+                        username: body.username,
+                        password: body.password,
+                        password_confirmation: body.password_confirmation,
+                        name: body.name,
+                    },
+                    &client,
+                    now,
+                )
+                .await?;
+            Ok(json(StatusCode::CREATED, &token_answer(&issued), true))
+        }
+        (Some("/login"), _) => {
+            allow(&method, &[Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let body: LoginBody = read_json(req).await?;
+            let id = body.login_id()?;
+            let issued = accounts
+                .login(config, id, body.password.unwrap_or_default(), &client, now)
+                .await?;
+            Ok(json(StatusCode::OK, &token_answer(&issued), true))
+        }
+        (Some("/refresh"), _) => {
+            allow(&method, &[Method::POST])?;
+            let body: RefreshBody = read_json(req).await?;
+            let Some(token) = body.refresh_token.filter(|t| !t.is_empty()) else {
+                return Err(ApiError::ValidationFailed {
+                    errors: vec![FieldError::new("refresh_token", "is required")],
+                });
+            };
+            let issued = accounts.refresh(config, &token, now).await?;
+            Ok(json(StatusCode::OK, &token_answer(&issued), true))
+        }
+        (Some("/logout"), _) => {
+            allow(&method, &[Method::POST])?;
+            let caller = authenticate(accounts, config, req.headers(), now).await?;
+            accounts.logout(&caller, now).await?;
+            Ok(no_content())
+        }
+        (Some("/me"), _) => {
+            allow(
+                &method,
+                &[Method::GET, Method::HEAD, Method::PATCH, Method::DELETE],
+            )?;
+            let caller = authenticate(accounts, config, req.headers(), now).await?;
+            match method {
+                Method::PATCH => {
+                    let body: ProfileBody = read_json(req).await?;
+                    let change = ProfileChange {
+                        name: body.name,
+                        username: body.username,
+                        email: body.email,
+                    };
+                    let user = accounts.update_profile(&caller, change, now).await?;
+                    Ok(json(StatusCode::OK, &user_view(&user), true))
+                }
+                Method::DELETE => {
+                    let client = client_info(config, ctx, req.headers());
+                    let body: DeleteAccountBody = read_json_or_empty(req).await?;
+                    accounts
+                        .delete_account(config, &caller, body.password, &client, now)
+                        .await?;
+                    Ok(no_content())
+                }
+                _ => Ok(json(StatusCode::OK, &user_view(&caller.user), true)),
+            }
+        }
+        (Some("/password"), _) => {
+            allow(&method, &[Method::POST])?;
+            let caller = authenticate(accounts, config, req.headers(), now).await?;
+            let client = client_info(config, ctx, req.headers());
+            let body: PasswordBody = read_json(req).await?;
+            accounts
+                .change_password(
+                    config,
+                    &caller,
+                    body.current_password,
+                    body.new_password,
+                    &client,
+                    now,
+                )
+                .await?;
+            Ok(no_content())
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn allow(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed {
+            allow: allowed.to_vec(),
+        })
+    }
+}
+
+/// The caller of an account API request: a Gatehouse access token in
+/// `Authorization: Bearer` (session cookies and API keys arrive with the proxy-path issue).
+async fn authenticate(
+    accounts: &Accounts,
+    config: &Config,
+    headers: &HeaderMap,
+    now: UnixMillis,
+) -> Result<Caller, ApiError> {
+    let token = bearer(headers).ok_or(ApiError::MissingCredentials)?;
+    Ok(accounts.authenticate(config, token, now).await?)
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110 11.1).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The client's address for rate limits and session records: the TCP peer, or, when the
+/// peer is a trusted proxy, the nearest `X-Forwarded-For` entry that is not one.
+fn client_info(config: &Config, ctx: &RequestCtx, headers: &HeaderMap) -> ClientInfo {
+    let mut ip = ctx.client_ip;
+    if ctx.trusted_peer {
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        for hop in hops.into_iter().rev() {
+            ip = hop;
+            if !config.trusted_proxies.iter().any(|n| n.contains(&hop)) {
+                break;
+            }
+        }
+    }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect());
+    ClientInfo { ip, user_agent }
+}
+
+/// Reads a JSON body of at most [`MAX_JSON_BODY`] bytes.
+async fn read_json<T: DeserializeOwned>(
+    req: Request<hyper::body::Incoming>,
+) -> Result<T, ApiError> {
+    let bytes = read_body(req).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::InvalidRequest("a JSON body is required".into()));
+    }
+    decode(&bytes)
+}
+
+/// Like [`read_json`], but an absent body decodes as `{}`.
+async fn read_json_or_empty<T: DeserializeOwned>(
+    req: Request<hyper::body::Incoming>,
+) -> Result<T, ApiError> {
+    let bytes = read_body(req).await?;
+    if bytes.is_empty() {
+        return decode(b"{}");
+    }
+    decode(&bytes)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        // serde's message names the field and the expected type, never the value of a
+        // string (so no password ends up in a response or a log).
+        ApiError::InvalidRequest(format!("the body is not the expected JSON: {e}"))
+    })
+}
+
+async fn read_body(req: Request<hyper::body::Incoming>) -> Result<Bytes, ApiError> {
+    let json_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let essence = v.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+                || essence.to_ascii_lowercase().ends_with("+json")
+        });
+    let body = req.into_body();
+    let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
+    let bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::BodyTooLarge {
+                limit: MAX_JSON_BODY as u64,
+            });
+        }
+        Err(e) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "cannot read the body: {e}"
+            )));
+        }
+    };
+    // A JSON content type is required whenever there is a body: a cross-site form post
+    // cannot send one without a CORS preflight.
+    if !bytes.is_empty() && json_type != Some(true) {
+        return Err(ApiError::InvalidRequest(
+            "Content-Type must be application/json".into(),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T, no_store: bool) -> Response<ResBody> {
+    match serde_json::to_vec(value) {
+        Ok(v) => json_bytes(status, Bytes::from(v), no_store),
+        Err(e) => ApiError::Internal(format!("encoding a response: {e}")).into_response(),
+    }
+}
+
+fn json_bytes(status: StatusCode, body: Bytes, no_store: bool) -> Response<ResBody> {
+    let mut resp = Response::new(ResBody::full(body));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if no_store {
+        // RFC 6749 section 5.1: responses with tokens or personal data are not cached.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+fn no_content() -> Response<ResBody> {
+    let mut resp = Response::new(ResBody::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+/// `/.well-known/openid-configuration`: what a client or a backend needs to verify tokens and
+/// find the endpoints Gatehouse has.
+fn discovery(config: &Config) -> serde_json::Value {
+    let issuer = config.tokens.issuer.trim_end_matches('/');
+    let prefix = config.accounts.prefix.trim_end_matches('/');
+    let alg = match config.tokens.signing.alg {
+        crate::config::SigningAlg::EdDsa => "EdDSA",
+        crate::config::SigningAlg::Es256 => "ES256",
+        crate::config::SigningAlg::Rs256 => "RS256",
+    };
+    serde_json::json!({
+        "issuer": config.tokens.issuer,
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "token_endpoint": format!("{issuer}{prefix}/login"),
+        "userinfo_endpoint": format!("{issuer}{prefix}/me"),
+        "registration_endpoint": format!("{issuer}{prefix}/register"),
+        "end_session_endpoint": format!("{issuer}{prefix}/logout"),
+        "id_token_signing_alg_values_supported": [alg],
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["token"],
+        "grant_types_supported": ["password", "refresh_token"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "jti", "sid", "roles", "amr", "email", "username"],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  abc "),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ceil_secs(Duration::ZERO), 1);
+    }
+}

@@ -1,0 +1,181 @@
+//! JSON shapes of the account API (SPEC section 5): request bodies as sent by clients and
+//! the answers built from account records.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::accounts::{Issued, LoginId};
+use crate::problem::{ApiError, FieldError};
+use crate::store::{UnixMillis, User};
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in PATCH
+/// bodies.
+fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RegisterBody {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_confirmation: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginBody {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub api_key: Option<String>,
+    pub session: Option<String>,
+}
+
+impl LoginBody {
+    /// Which account the login names; every missing field is listed at once.
+    pub fn login_id(&self) -> Result<LoginId, ApiError> {
+        if self.api_key.is_some() {
+            return Err(ApiError::InvalidRequest(
+                "api_key login is not available in this version".into(),
+            ));
+        }
+        if self.session.as_deref().is_some_and(|s| s != "token") {
+            return Err(ApiError::InvalidRequest(
+                "only \"session\": \"token\" is available in this version".into(),
+            ));
+        }
+        let mut errors = Vec::new();
+        let id = match (non_blank(&self.email), non_blank(&self.username)) {
+            (Some(e), _) => Some(LoginId::Email(e.to_owned())),
+            (None, Some(u)) => Some(LoginId::Username(u.to_owned())),
+            (None, None) => {
+                errors.push(FieldError::new("email", "email or username is required"));
+                None
+            }
+        };
+        if non_blank(&self.password).is_none() {
+            errors.push(FieldError::new("password", "is required"));
+        }
+        match id {
+            Some(id) if errors.is_empty() => Ok(id),
+            _ => Err(ApiError::ValidationFailed { errors }),
+        }
+    }
+}
+
+fn non_blank(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.trim().is_empty())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefreshBody {
+    pub refresh_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ProfileBody {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub username: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub email: Option<Option<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PasswordBody {
+    pub current_password: Option<String>,
+    pub new_password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeleteAccountBody {
+    pub password: Option<String>,
+}
+
+/// A user as `/auth/me` shows it.
+#[derive(Debug, Serialize)]
+pub struct UserView<'a> {
+    pub id: &'a str,
+    pub email: Option<&'a str>,
+    pub username: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub roles: &'a [String],
+    pub email_verified: bool,
+    pub mfa_enabled: bool,
+    pub created_at: String,
+}
+
+pub fn user_view(user: &User) -> UserView<'_> {
+    UserView {
+        id: &user.id,
+        email: user.email.as_deref(),
+        username: user.username.as_deref(),
+        name: user.name.as_deref(),
+        roles: &user.roles,
+        email_verified: user.email_verified,
+        mfa_enabled: user.mfa.is_some(),
+        created_at: rfc3339(user.created_at),
+    }
+}
+
+/// The answer of register, login and refresh.
+#[derive(Debug, Serialize)]
+pub struct TokenAnswer<'a> {
+    pub user: UserView<'a>,
+    pub access_token: &'a str,
+    pub refresh_token: &'a str,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+pub fn token_answer(issued: &Issued) -> TokenAnswer<'_> {
+    TokenAnswer {
+        user: user_view(&issued.user),
+        access_token: &issued.access_token,
+        refresh_token: &issued.refresh_token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, as the API shows every timestamp.
+pub fn rfc3339(ms: UnixMillis) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_158_400_123), "2025-11-26T12:00:00.123Z");
+    }
+
+    #[test]
+    fn patch_distinguishes_null_from_absent() {
+        let b: ProfileBody = serde_json::from_str(r#"{"name": null, "username": "bob"}"#).unwrap();
+        assert_eq!(b.name, Some(None));
+        assert_eq!(b.username, Some(Some("bob".into())));
+        assert_eq!(b.email, None);
+    }
+
+    #[test]
+    fn login_lists_every_missing_field() {
+        let b: LoginBody = serde_json::from_str("{}").unwrap();
+        match b.login_id() {
+            Err(ApiError::ValidationFailed { errors }) => assert_eq!(errors.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+}

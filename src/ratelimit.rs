@@ -1,0 +1,309 @@
+//! Rate limiting of the account API: counters per key over a fixed window.
+//!
+//! Owns: the login-failure limiter (failed logins per account+IP and per IP, SPEC section 5)
+//! and the plain request counters for register and the e-mail flows. The proxy path's
+//! per-route limits (governor, shared Redis mode) arrive with the proxy-path issue.
+//!
+//! Must not touch: HTTP or the store. Every call takes `now` (milliseconds), so tests run on
+//! a fake clock and nothing sleeps.
+//!
+//! Fixed windows rather than GCRA here: the contract is stated as "N failures per window"
+//! ("the 6th failed login in the window is 429"), a failure must be counted only after the
+//! password was checked (a limiter that consumes on check cannot do that), and the
+//! `Retry-After` a client sees is simply the end of its window.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Milliseconds since the Unix epoch, as the rest of the account domain counts time.
+pub type Millis = i64;
+
+/// Above this many tracked keys, expired windows are swept before a new key is added, so a
+/// flood of distinct keys (random usernames, many IPs) cannot grow memory without bound.
+const SWEEP_ABOVE: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started_at: Millis,
+    count: u32,
+}
+
+/// What a limiter check decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Under the limit; `remaining` more are allowed in this window.
+    Allowed { remaining: u32 },
+    /// Over the limit until `retry_after` from now.
+    Limited { retry_after: Duration },
+}
+
+impl Decision {
+    /// Whether the request may go on.
+    pub fn is_allowed(self) -> bool {
+        matches!(self, Decision::Allowed { .. })
+    }
+}
+
+/// Counters per key over fixed windows of a length given at each call (so a config reload
+/// that changes the limit applies at once).
+#[derive(Debug, Default)]
+pub struct WindowCounter {
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+impl WindowCounter {
+    /// An empty counter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_windows<R>(&self, f: impl FnOnce(&mut HashMap<String, Window>) -> R) -> R {
+        // A poisoned lock only means another thread panicked mid-update of a counter; the
+        // counts are still usable, and refusing every login would be worse.
+        let mut guard = match self.windows.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Whether `key` is over `limit` in its current window, without counting anything.
+    pub fn peek(&self, key: &str, limit: u32, per: Duration, now: Millis) -> Decision {
+        let per_ms = duration_ms(per);
+        self.with_windows(|windows| match windows.get(key) {
+            Some(w) if now < w.started_at + per_ms => decide(w, limit, per_ms, now),
+            _ => Decision::Allowed { remaining: limit },
+        })
+    }
+
+    /// Counts one event for `key` and says whether it was within `limit` (the event that
+    /// exceeds the limit is refused, and refused events are not counted).
+    pub fn hit(&self, key: &str, limit: u32, per: Duration, now: Millis) -> Decision {
+        let per_ms = duration_ms(per);
+        self.with_windows(|windows| {
+            if windows.len() >= SWEEP_ABOVE && !windows.contains_key(key) {
+                windows.retain(|_, w| now < w.started_at + per_ms);
+            }
+            let w = windows.entry(key.to_owned()).or_insert(Window {
+                started_at: now,
+                count: 0,
+            });
+            if now >= w.started_at + per_ms {
+                *w = Window {
+                    started_at: now,
+                    count: 0,
+                };
+            }
+            match decide(w, limit, per_ms, now) {
+                Decision::Allowed { remaining } => {
+                    w.count += 1;
+                    Decision::Allowed {
+                        remaining: remaining.saturating_sub(1),
+                    }
+                }
+                limited => limited,
+            }
+        })
+    }
+
+    /// Forgets `key` (a successful login clears its account's failures).
+    pub fn reset(&self, key: &str) {
+        self.with_windows(|windows| {
+            windows.remove(key);
+        });
+    }
+
+    /// Number of keys tracked (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.with_windows(|windows| windows.len())
+    }
+
+    /// Whether nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn duration_ms(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX / 2)
+}
+
+fn decide(w: &Window, limit: u32, per_ms: Millis, now: Millis) -> Decision {
+    if w.count < limit {
+        Decision::Allowed {
+            remaining: limit - w.count,
+        }
+    } else {
+        let left = (w.started_at + per_ms - now).max(0);
+        Decision::Limited {
+            retry_after: Duration::from_millis(left as u64),
+        }
+    }
+}
+
+/// Failed logins per account+IP and per IP (SPEC section 5: password, API key and MFA code
+/// failures all count).
+#[derive(Debug, Default)]
+pub struct LoginLimiter {
+    per_account: WindowCounter,
+    per_ip: WindowCounter,
+}
+
+/// The limits a [`LoginLimiter`] applies, taken from `rate_limits.login` at each call.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Failures allowed per account+IP in a window.
+    pub attempts: u32,
+    /// Failures allowed per IP in a window, whatever the account.
+    pub ip_attempts: u32,
+    /// Window length.
+    pub per: Duration,
+}
+
+impl LoginLimiter {
+    /// An empty limiter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn account_key(account: &str, ip: &str) -> String {
+        // The separator cannot appear in an IP address, so keys cannot collide.
+        format!("{ip}|{account}")
+    }
+
+    /// Whether a login for `account` (its normalised identifier) from `ip` may be tried.
+    /// While either counter is over its limit even the right password is refused.
+    pub fn check(&self, account: &str, ip: &str, limits: LoginLimits, now: Millis) -> Decision {
+        let by_account = self.per_account.peek(
+            &Self::account_key(account, ip),
+            limits.attempts,
+            limits.per,
+            now,
+        );
+        let by_ip = self.per_ip.peek(ip, limits.ip_attempts, limits.per, now);
+        match (by_account, by_ip) {
+            (Decision::Limited { retry_after: a }, Decision::Limited { retry_after: b }) => {
+                Decision::Limited {
+                    retry_after: a.max(b),
+                }
+            }
+            (limited @ Decision::Limited { .. }, _) | (_, limited @ Decision::Limited { .. }) => {
+                limited
+            }
+            (Decision::Allowed { remaining: a }, Decision::Allowed { remaining: b }) => {
+                Decision::Allowed {
+                    remaining: a.min(b),
+                }
+            }
+        }
+    }
+
+    /// Counts a failed attempt against both counters.
+    pub fn failed(&self, account: &str, ip: &str, limits: LoginLimits, now: Millis) {
+        self.per_account.hit(
+            &Self::account_key(account, ip),
+            limits.attempts,
+            limits.per,
+            now,
+        );
+        self.per_ip.hit(ip, limits.ip_attempts, limits.per, now);
+    }
+
+    /// A successful login clears the account+IP counter (the per-IP one keeps counting, so
+    /// one valid account cannot be used to reset a spraying IP's budget).
+    pub fn succeeded(&self, account: &str, ip: &str) {
+        self.per_account.reset(&Self::account_key(account, ip));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn counts_up_to_the_limit_then_refuses_until_the_window_ends() {
+        let c = WindowCounter::new();
+        for i in 0..3 {
+            assert_eq!(
+                c.hit("k", 3, MIN, 1_000 + i),
+                Decision::Allowed {
+                    remaining: 2 - i as u32
+                }
+            );
+        }
+        assert_eq!(
+            c.hit("k", 3, MIN, 31_000),
+            Decision::Limited {
+                retry_after: Duration::from_secs(30)
+            }
+        );
+        // Refused events are not counted, and the window ends on time.
+        assert!(c.hit("k", 3, MIN, 61_000).is_allowed());
+        assert!(c.hit("other", 3, MIN, 31_000).is_allowed());
+    }
+
+    #[test]
+    fn peek_does_not_count() {
+        let c = WindowCounter::new();
+        for _ in 0..10 {
+            assert!(c.peek("k", 1, MIN, 0).is_allowed());
+        }
+        c.hit("k", 1, MIN, 0);
+        assert!(!c.peek("k", 1, MIN, 0).is_allowed());
+    }
+
+    #[test]
+    fn sixth_failure_is_refused_and_success_resets_the_account() {
+        let l = LoginLimiter::new();
+        let limits = LoginLimits {
+            attempts: 5,
+            ip_attempts: 100,
+            per: Duration::from_secs(900),
+        };
+        for _ in 0..5 {
+            assert!(l.check("alice", "1.2.3.4", limits, 0).is_allowed());
+            l.failed("alice", "1.2.3.4", limits, 0);
+        }
+        let Decision::Limited { retry_after } = l.check("alice", "1.2.3.4", limits, 100_000) else {
+            panic!("sixth attempt allowed");
+        };
+        assert_eq!(retry_after, Duration::from_secs(800));
+        // Another IP and another account are unaffected.
+        assert!(l.check("alice", "5.6.7.8", limits, 0).is_allowed());
+        assert!(l.check("bob", "1.2.3.4", limits, 0).is_allowed());
+        l.succeeded("alice", "1.2.3.4");
+        assert!(l.check("alice", "1.2.3.4", limits, 100_000).is_allowed());
+    }
+
+    #[test]
+    fn per_ip_budget_spans_accounts() {
+        let l = LoginLimiter::new();
+        let limits = LoginLimits {
+            attempts: 5,
+            ip_attempts: 3,
+            per: MIN,
+        };
+        for account in ["a", "b", "c"] {
+            l.failed(account, "9.9.9.9", limits, 0);
+        }
+        assert!(!l.check("d", "9.9.9.9", limits, 0).is_allowed());
+        l.succeeded("d", "9.9.9.9");
+        assert!(!l.check("d", "9.9.9.9", limits, 0).is_allowed());
+        assert!(l.check("d", "9.9.9.9", limits, 60_000).is_allowed());
+    }
+
+    #[test]
+    fn expired_windows_are_swept_when_the_map_is_large() {
+        let c = WindowCounter::new();
+        for i in 0..SWEEP_ABOVE {
+            c.hit(&i.to_string(), 1, MIN, 0);
+        }
+        assert_eq!(c.len(), SWEEP_ABOVE);
+        c.hit("late", 1, MIN, 120_000);
+        assert_eq!(c.len(), 1);
+    }
+}

@@ -109,6 +109,8 @@ pub enum ApiError {
     UpstreamTimeout(std::time::Duration),
     #[error("service unavailable: {0}")]
     StoreUnavailable(String),
+    #[error("the gateway is overloaded: {0}")]
+    Overloaded(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -134,7 +136,9 @@ impl ApiError {
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable(_) | ApiError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -163,6 +167,7 @@ impl ApiError {
             ApiError::UpstreamUnavailable(_) => "upstream_unavailable",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
             ApiError::StoreUnavailable(_) => "store_unavailable",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -190,6 +195,7 @@ impl ApiError {
             ApiError::UpstreamUnavailable(_) => "Upstream unavailable",
             ApiError::UpstreamTimeout(_) => "Upstream timeout",
             ApiError::StoreUnavailable(_) => "Store unavailable",
+            ApiError::Overloaded(_) => "Overloaded",
             ApiError::Internal(_) => "Internal error",
         }
     }
@@ -215,7 +221,9 @@ impl ApiError {
             | ApiError::BodyTooLarge { .. }
             | ApiError::HeadersTooLarge { .. } => Fault::Client,
             ApiError::UpstreamUnavailable(_) | ApiError::UpstreamTimeout(_) => Fault::Upstream,
-            ApiError::StoreUnavailable(_) | ApiError::Internal(_) => Fault::Internal,
+            ApiError::StoreUnavailable(_) | ApiError::Overloaded(_) | ApiError::Internal(_) => {
+                Fault::Internal
+            }
         }
     }
 
@@ -224,6 +232,7 @@ impl ApiError {
         match self {
             ApiError::Internal(_) => "the gateway failed to handle this request".to_owned(),
             ApiError::StoreUnavailable(_) => "the account store is unreachable".to_owned(),
+            ApiError::Overloaded(_) => "too many requests are waiting; retry shortly".to_owned(),
             ApiError::UpstreamUnavailable(_) => "no upstream target could be reached".to_owned(),
             other => other.to_string(),
         }
@@ -260,6 +269,10 @@ impl ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
+            }
+            ApiError::Overloaded(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::RateLimited(info) => {
                 let headers = resp.headers_mut();
@@ -360,6 +373,7 @@ mod tests {
                 503,
                 "store_unavailable",
             ),
+            (ApiError::Overloaded("x".into()), 503, "overloaded"),
             (ApiError::Internal("x".into()), 500, "internal_error"),
         ];
         for (err, status, code) in table {

@@ -5,7 +5,7 @@
 //! unknown accounts, and the bundled list of common passwords. Leaf module: it knows nothing of
 //! users, the store or HTTP. Hashing and verifying are CPU-heavy (tens of milliseconds) and
 //! synchronous; on the runtime, call them through [`hash_blocking`] / [`verify_blocking`], which
-//! run on tokio's blocking pool. Passwords are never logged, formatted or put in an error.
+//! run on a few low-priority threads of their own (see `HashPool`). Passwords are never logged, formatted or put in an error.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -41,9 +41,12 @@ pub enum PasswordError {
     /// Hashing itself failed.
     #[error("password hashing failed")]
     Hashing(#[source] password_hash::Error),
-    /// The blocking task running the hash panicked or was cancelled.
+    /// The hashing thread panicked, or the hashing threads are gone.
     #[error("password hashing task did not complete")]
-    Join(#[source] tokio::task::JoinError),
+    Worker,
+    /// More hashes are waiting than [`MAX_QUEUED`]: the gateway is flooded with logins.
+    #[error("too many password hashes waiting")]
+    Busy,
 }
 
 /// A password refused by [`check_policy`].
@@ -146,31 +149,98 @@ pub fn verify_dummy(password: &str) {
     }
 }
 
-/// [`hash_password`] on tokio's blocking pool.
+/// Hashes waiting for a hashing thread before new ones are refused with
+/// [`PasswordError::Busy`] (the login limits make this a flood, not real users).
+pub const MAX_QUEUED: usize = 1024;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that run argon2, at the lowest CPU priority (nice 19).
 ///
-/// # Errors
-/// As [`hash_password`], plus [`PasswordError::Join`] if the task panicked or was cancelled.
-pub async fn hash_blocking(password: String) -> Result<String, PasswordError> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(PasswordError::Join)?
+/// Why not tokio's blocking pool: it grows to 512 threads, so 20 concurrent logins become 20
+/// threads at normal priority competing with the runtime's one or two, and proxied requests
+/// waited up to 36 times longer (p99, `benches/login-storm.sh`). Here at most one hash runs
+/// per core, and because the kernel gives a nice-19 thread about 1/70 of the CPU of a normal
+/// one when both want it, proxied traffic keeps its latency while logins use whatever CPU is
+/// idle. Under a proxy load that saturates every core, logins slow down instead.
+struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
 }
 
-/// [`verify_password`] on tokio's blocking pool. With `phc` `None` (no such account) it runs
-/// [`verify_dummy`] instead and answers `Ok(false)`, taking about as long.
+static POOL: LazyLock<Option<HashPool>> = LazyLock::new(|| {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(MAX_QUEUED);
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    let mut started = 0;
+    for i in 0..threads {
+        let queue = queue.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("gatehouse-hash-{i}"))
+            .spawn(move || {
+                if let Err(e) =
+                    thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+                {
+                    tracing::warn!(target: "gatehouse::auth", error = %e, "cannot lower the priority of a password-hashing thread");
+                }
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let job = match queue.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(poisoned) => poisoned.into_inner().recv(),
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if spawned.is_ok() {
+            started += 1;
+        }
+    }
+    (started > 0).then_some(HashPool { jobs })
+});
+
+/// Runs `f` on the hashing threads and waits for its result without blocking the runtime.
+async fn on_hash_pool<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PasswordError> {
+    let pool = POOL.as_ref().ok_or(PasswordError::Worker)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        // A dropped receiver means the request went away; nothing to tell.
+        let _ = tx.send(f());
+    });
+    pool.jobs.try_send(job).map_err(|e| match e {
+        std::sync::mpsc::TrySendError::Full(_) => PasswordError::Busy,
+        std::sync::mpsc::TrySendError::Disconnected(_) => PasswordError::Worker,
+    })?;
+    rx.await.map_err(|_| PasswordError::Worker)
+}
+
+/// [`hash_password`] on the low-priority hashing threads.
 ///
 /// # Errors
-/// As [`verify_password`], plus [`PasswordError::Join`] if the task panicked or was cancelled.
+/// As [`hash_password`], plus [`PasswordError::Busy`] when too many hashes wait and
+/// [`PasswordError::Worker`] if the hashing thread failed.
+pub async fn hash_blocking(password: String) -> Result<String, PasswordError> {
+    on_hash_pool(move || hash_password(&password)).await?
+}
+
+/// [`verify_password`] on the low-priority hashing threads. With `phc` `None` (no such
+/// account) it runs [`verify_dummy`] instead and answers `Ok(false)`, taking about as long.
+///
+/// # Errors
+/// As [`hash_blocking`].
 pub async fn verify_blocking(password: String, phc: Option<String>) -> Result<bool, PasswordError> {
-    tokio::task::spawn_blocking(move || match phc {
+    on_hash_pool(move || match phc {
         Some(phc) => verify_password(&password, &phc),
         None => {
             verify_dummy(&password);
             Ok(false)
         }
     })
-    .await
-    .map_err(PasswordError::Join)?
+    .await?
 }
 
 // Django 5.2.19 (PyPI `django`, BSD-3-Clause): contrib/auth/common-passwords.txt.gz, 19,640 lines.

@@ -22,6 +22,7 @@ use crate::accounts::validate::IssueKind;
 use crate::accounts::{
     AccountError, Accounts, Caller, ClientInfo, ProfileChange, Registration, single_issue_kind,
 };
+use crate::auth::password::PasswordError;
 use crate::body::ResBody;
 use crate::config::Config;
 use crate::problem::{ApiError, FieldError, RateLimitInfo};
@@ -82,7 +83,12 @@ impl From<AccountError> for ApiError {
                 | StoreError::InvalidCursor
                 | StoreError::Internal(_)),
             ) => ApiError::Internal(e.to_string()),
-            AccountError::Password(e) => ApiError::Internal(e.to_string()),
+            AccountError::Password(e @ PasswordError::Busy) => ApiError::Overloaded(e.to_string()),
+            AccountError::Password(
+                e @ (PasswordError::InvalidHash(_)
+                | PasswordError::Hashing(_)
+                | PasswordError::Worker),
+            ) => ApiError::Internal(e.to_string()),
             AccountError::Signing(e) => ApiError::Internal(e.to_string()),
         }
     }

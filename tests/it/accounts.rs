@@ -741,3 +741,58 @@ print(json.dumps(claims))
         );
     }
 }
+
+/// No secret reaches the logs: a full register / login / refresh / password change / logout
+/// run with the most verbose log level, then the captured stderr is searched for every
+/// password and token that crossed the wire.
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let gw = gateway("log: { level: trace, format: json, access_log: true }\n");
+    let reg = register(&gw, "quiet@example.com").await;
+    let failed = login(&gw, "quiet@example.com", "wrong-password-7").await;
+    assert_eq!(failed.status, 401);
+    let logged_in = login(&gw, "quiet@example.com", PASSWORD).await.json();
+    let refreshed = post(
+        &gw,
+        "/auth/refresh",
+        None,
+        json!({"refresh_token": logged_in["refresh_token"]}),
+    )
+    .await
+    .json();
+    let access = refreshed["access_token"].as_str().unwrap();
+    assert_eq!(me(&gw, access).await.status, 200);
+    let a = post(
+        &gw,
+        "/auth/password",
+        Some(access),
+        json!({"current_password": PASSWORD, "new_password": "brand-new-secret-22"}),
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    assert_eq!(
+        post(&gw, "/auth/logout", Some(access), Value::Null)
+            .await
+            .status,
+        204
+    );
+    // Give the log writer a moment, and make sure something was captured at all.
+    assert!(gw.wait_log("/auth/logout", Duration::from_secs(5)));
+    let logs = gw.stderr();
+    let mut secrets = vec![
+        PASSWORD.to_owned(),
+        "wrong-password-7".to_owned(),
+        "brand-new-secret-22".to_owned(),
+    ];
+    for answer in [&reg, &logged_in, &refreshed] {
+        for field in ["access_token", "refresh_token"] {
+            let token = answer[field].as_str().unwrap();
+            secrets.push(token.to_owned());
+            // A signature alone would be as bad as the token.
+            secrets.push(token.rsplit('.').next().unwrap().to_owned());
+        }
+    }
+    for secret in secrets {
+        assert!(!logs.contains(&secret), "a secret is in the logs: {secret}");
+    }
+}

@@ -173,6 +173,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         gateway.accounts.clone(),
         gateway.live.clone(),
     ));
+    tokio::spawn(purge_expired(gateway.shared.store.clone()));
 
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
@@ -211,6 +212,26 @@ async fn refresh_signing_keys(accounts: Arc<Accounts>, live: LiveSnapshot) {
             .await
         {
             tracing::warn!(target: "gatehouse::accounts", error = %e, "cannot re-read the signing keys; keeping the current ones");
+        }
+    }
+}
+
+/// How often records that can no longer be used (expired or revoked sessions, refresh and
+/// one-time tokens, retired keys past their end) are deleted from the store.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+async fn purge_expired(store: Arc<dyn crate::store::Store>) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.purge_expired(crate::endpoints::unix_now()).await {
+            Ok(n) => {
+                tracing::debug!(target: "gatehouse::store", sessions = n.sessions, refresh_tokens = n.refresh_tokens, one_time_tokens = n.one_time_tokens, signing_keys = n.signing_keys, "purged expired records")
+            }
+            Err(e) => {
+                tracing::warn!(target: "gatehouse::store", error = %e, "cannot purge expired records")
+            }
         }
     }
 }

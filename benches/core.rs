@@ -9,6 +9,10 @@
 //!   `proxy::handle` (hop-by-hop removal, owned-header removal, identity injection,
 //!   `X-Forwarded-*`, `X-Request-Id`); baseline `headers/clone/<shape>`: the clone alone, so the
 //!   ratio counts the rewrite's own cost on top of the copy it has to start from.
+//! * `api_key/parse/<shape>` - `auth::api_key::parse` of a valid key (prefix, length, charset,
+//!   CRC-32, then SHA-256) and of a key with a bad checksum (refused before any hashing: the
+//!   cost of a flood of made-up keys); baseline `api_key/sha256/<shape>`: `hash_key` of the same
+//!   string alone, what any lookup by digest has to pay anyway.
 //!
 //! After criterion's own output, a table `bench / ns per op / ratio to baseline` is printed from
 //! the `new/estimates.json` files this process wrote (median of the samples).
@@ -26,10 +30,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion};
+use gatehouse::auth::api_key;
 use gatehouse::config::{AuthMode, CredentialKind, HostMatch, RouteConfig, UpstreamConfig};
 use gatehouse::principal::Principal;
 use gatehouse::proxy::headers;
 use gatehouse::router::Router;
+use gatehouse::store::ApiKeyKind;
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -298,6 +304,29 @@ fn bench_headers(c: &mut Criterion) {
     group.finish();
 }
 
+// ----------------------------------------------------------------------------------- api key
+
+fn bench_api_key(c: &mut Criterion) {
+    let valid = api_key::generate(ApiKeyKind::Secret).key;
+    // Same length and charset, last checksum digit changed: passes every check but the CRC.
+    let mut bad = valid.clone();
+    let last = bad.pop().unwrap();
+    bad.push(if last == '0' { '1' } else { '0' });
+    // Sanity: the shapes are what their names claim.
+    assert!(api_key::parse(&valid).is_ok());
+    assert_eq!(api_key::parse(&bad), Err(api_key::KeyFormatError::Checksum));
+    let mut group = c.benchmark_group("api_key");
+    for (shape, key) in [("valid", &valid), ("bad_checksum", &bad)] {
+        group.bench_with_input(BenchmarkId::new("sha256", shape), key, |b, key| {
+            b.iter(|| api_key::hash_key(black_box(key)))
+        });
+        group.bench_with_input(BenchmarkId::new("parse", shape), key, |b, key| {
+            b.iter(|| api_key::parse(black_box(key)))
+        });
+    }
+    group.finish();
+}
+
 // ------------------------------------------------------------------------------ ratio table
 
 /// Where criterion writes its results, found the way criterion itself looks for it.
@@ -357,6 +386,7 @@ fn baseline_of(id: &str) -> Option<String> {
     match parts.as_slice() {
         ["route", "router", shape] => Some(format!("route/hashmap/{shape}")),
         ["headers", "rewrite", shape] => Some(format!("headers/clone/{shape}")),
+        ["api_key", "parse", shape] => Some(format!("api_key/sha256/{shape}")),
         _ => None,
     }
 }
@@ -399,6 +429,7 @@ fn main() {
         .configure_from_args();
     bench_router(&mut c);
     bench_headers(&mut c);
+    bench_api_key(&mut c);
     c.final_summary();
     print_table(since);
 }

@@ -229,7 +229,7 @@ async fn run_store_command(cfg: &config::Config, cmd: StoreCommand) -> Result<St
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let accounts = Accounts::open(store, cfg, unix_now())
+    let accounts = Accounts::start(store, cfg, unix_now())
         .await
         .map_err(describe)?;
     match cmd {

@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod echo;

@@ -85,6 +85,12 @@ pub enum ApiError {
     TokenExpired,
     #[error("the session of this token has ended")]
     SessionRevoked,
+    #[error("the API key is not valid")]
+    InvalidApiKey,
+    #[error("publishable keys are not allowed here")]
+    PublishableKeyNotAllowed,
+    #[error("cross-site request refused: Origin or X-CSRF-Token required")]
+    CsrfFailed,
     #[error("not allowed")]
     Forbidden,
     #[error("this account is disabled")]
@@ -126,8 +132,12 @@ impl ApiError {
             | ApiError::InvalidCredentials
             | ApiError::InvalidToken(_)
             | ApiError::TokenExpired
-            | ApiError::SessionRevoked => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden | ApiError::AccountDisabled => StatusCode::FORBIDDEN,
+            | ApiError::SessionRevoked
+            | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden
+            | ApiError::AccountDisabled
+            | ApiError::PublishableKeyNotAllowed
+            | ApiError::CsrfFailed => StatusCode::FORBIDDEN,
             ApiError::AlreadyExists { .. } => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoRoute | ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -155,6 +165,9 @@ impl ApiError {
             ApiError::InvalidToken(_) => "invalid_token",
             ApiError::TokenExpired => "token_expired",
             ApiError::SessionRevoked => "session_revoked",
+            ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::PublishableKeyNotAllowed => "publishable_key_not_allowed",
+            ApiError::CsrfFailed => "csrf_failed",
             ApiError::Forbidden => "forbidden",
             ApiError::AccountDisabled => "account_disabled",
             ApiError::AlreadyExists { .. } => "already_exists",
@@ -183,6 +196,9 @@ impl ApiError {
             ApiError::InvalidToken(_) => "Invalid token",
             ApiError::TokenExpired => "Token expired",
             ApiError::SessionRevoked => "Session revoked",
+            ApiError::InvalidApiKey => "Invalid API key",
+            ApiError::PublishableKeyNotAllowed => "Publishable key not allowed",
+            ApiError::CsrfFailed => "CSRF check failed",
             ApiError::Forbidden => "Forbidden",
             ApiError::AccountDisabled => "Account disabled",
             ApiError::AlreadyExists { .. } => "Already exists",
@@ -211,6 +227,9 @@ impl ApiError {
             | ApiError::InvalidToken(_)
             | ApiError::TokenExpired
             | ApiError::SessionRevoked
+            | ApiError::InvalidApiKey
+            | ApiError::PublishableKeyNotAllowed
+            | ApiError::CsrfFailed
             | ApiError::Forbidden
             | ApiError::AccountDisabled
             | ApiError::AlreadyExists { .. }
@@ -264,7 +283,10 @@ impl ApiError {
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::InvalidToken(_) | ApiError::TokenExpired | ApiError::SessionRevoked => {
+            ApiError::InvalidToken(_)
+            | ApiError::TokenExpired
+            | ApiError::SessionRevoked
+            | ApiError::InvalidApiKey => {
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -329,6 +351,13 @@ mod tests {
             (ApiError::TokenExpired, 401, "token_expired"),
             (ApiError::SessionRevoked, 401, "session_revoked"),
             (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::InvalidApiKey, 401, "invalid_api_key"),
+            (
+                ApiError::PublishableKeyNotAllowed,
+                403,
+                "publishable_key_not_allowed",
+            ),
+            (ApiError::CsrfFailed, 403, "csrf_failed"),
             (ApiError::AccountDisabled, 403, "account_disabled"),
             (
                 ApiError::AlreadyExists { field: "email" },

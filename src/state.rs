@@ -216,6 +216,10 @@ pub struct Snapshot {
     pub unrouted: RouteMetrics,
     /// Metrics of the gateway's own endpoints (`/auth`, `/.well-known`).
     pub endpoints: RouteMetrics,
+    /// The session cookie's name as browsers send it (with its `__Host-` prefix).
+    pub session_cookie: String,
+    /// The CSRF cookie's name as browsers send it.
+    pub csrf_cookie: String,
 }
 
 impl Snapshot {
@@ -259,6 +263,8 @@ impl Snapshot {
         Snapshot {
             router,
             routes,
+            session_cookie: crate::auth::cookie::session_name(&config.cookies),
+            csrf_cookie: crate::auth::cookie::csrf_name(&config.cookies),
             unrouted: shared.metrics.route("no_route"),
             endpoints: shared.metrics.route("gatehouse"),
             config: Arc::new(config),

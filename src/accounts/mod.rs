@@ -17,24 +17,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use crate::auth::jwt::{self, AccessClaims, Expectation, JwtError};
+use crate::auth::jwt::{self, AccessClaims, JwtError};
 use crate::auth::password::{self, PasswordError};
 use crate::auth::signing::{self, KeyRing, SigningError};
+use crate::auth::{AuthError, Authenticator, Presented, TokenRules};
 use crate::config::{Config, RegistrationMode};
+use crate::principal::Principal;
 use crate::ratelimit::{Decision, LoginLimiter, LoginLimits, WindowCounter};
 use crate::store::{
-    ConflictField, RefreshToken, RotateOutcome, Session, Store, StoreError, TokenHash, UnixMillis,
-    User, UserPatch, new_id,
+    ApiKey, ApiKeyKind, ConflictField, RefreshToken, RotateOutcome, Session, Store, StoreError,
+    TokenHash, UnixMillis, User, UserPatch, new_id,
 };
 use validate::{FieldIssue, IssueKind};
 
-/// JWT leeway for `exp`/`nbf` (SPEC section 3).
-const LEEWAY_SECS: u64 = 60;
 /// At most one store reload of the signing keys per this long when a token names an unknown
 /// `kid` (a key rotated by another replica or by `gatehouse keys rotate-signing`), so a flood
 /// of forged kids cannot turn into a flood of store reads.
@@ -71,6 +70,18 @@ pub enum AccountError {
     /// A valid token whose session ended or whose user is gone or disabled.
     #[error("session revoked")]
     SessionRevoked,
+    /// A refused API key.
+    #[error("invalid API key")]
+    InvalidApiKey,
+    /// A publishable key where a user is needed.
+    #[error("a publishable key does not identify a user")]
+    NotAUser,
+    /// Not allowed (scope beyond the owner's rights, admin only).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// No such record (of this caller).
+    #[error("not found")]
+    NotFound,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -80,6 +91,17 @@ pub enum AccountError {
     /// Signing failed.
     #[error(transparent)]
     Signing(#[from] SigningError),
+}
+
+impl From<AuthError> for AccountError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidApiKey => AccountError::InvalidApiKey,
+            AuthError::Token(t) => AccountError::Token(t),
+            AuthError::SessionRevoked => AccountError::SessionRevoked,
+            AuthError::Store(s) => AccountError::Store(s),
+        }
+    }
 }
 
 /// Which limit refused a request and for how long.
@@ -119,6 +141,15 @@ pub struct NewUser {
     pub password: String,
 }
 
+/// `POST /auth/api-keys`'s input.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub name: String,
+    pub kind: ApiKeyKind,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<UnixMillis>,
+}
+
 /// How a password login names the account.
 #[derive(Debug, Clone)]
 pub enum LoginId {
@@ -155,18 +186,25 @@ pub struct Issued {
     pub expires_in: u64,
 }
 
-/// A request authenticated by a Gatehouse access token.
+/// An authenticated account API request: the user (fresh from the store) and how they
+/// authenticated (session for tokens and cookies, key for API keys, scopes).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: User,
-    pub session_id: String,
-    pub claims: AccessClaims,
+    pub principal: Principal,
+}
+
+impl Caller {
+    /// The session of a token or cookie; `None` for API keys.
+    pub fn session_id(&self) -> Option<&str> {
+        self.principal.session_id.as_deref()
+    }
 }
 
 /// The account service: the store, the signing keys and the account API's limiters.
 pub struct Accounts {
     store: Arc<dyn Store>,
-    keys: ArcSwap<KeyRing>,
+    auth: Arc<Authenticator>,
     last_kid_reload: AtomicI64,
     login_limiter: LoginLimiter,
     register_limiter: WindowCounter,
@@ -176,7 +214,7 @@ impl std::fmt::Debug for Accounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Accounts")
             .field("store", &self.store.kind())
-            .field("kid", &self.keys.load().current_kid())
+            .field("kid", &self.auth.keys().current_kid())
             .finish_non_exhaustive()
     }
 }
@@ -201,31 +239,50 @@ fn ms(d: Duration) -> i64 {
 /// time another replica may keep signing with it before it re-reads the keys (a few
 /// seconds) and the verification leeway.
 pub fn max_token_lifetime(cfg: &Config) -> Duration {
-    cfg.tokens.access_ttl + Duration::from_secs(LEEWAY_SECS + 60)
+    cfg.tokens.access_ttl + Duration::from_secs(crate::auth::LEEWAY_SECS + 60)
 }
 
 impl Accounts {
-    /// Loads (or on the first start creates and stores) the signing keys and builds the
-    /// service.
+    /// Builds the service on a store and the authenticator whose key ring it signs with
+    /// (made from [`Accounts::load_ring`]).
     pub async fn open(
         store: Arc<dyn Store>,
-        cfg: &Config,
+        auth: Arc<Authenticator>,
         now: UnixMillis,
     ) -> Result<Accounts, AccountError> {
-        let ring = Self::load_ring(store.as_ref(), cfg, now).await?;
-        // Makes the dummy hash now, so the first login naming an unknown account does not
-        // take twice as long as a wrong password (SPEC section 4: similar timing).
-        tokio::spawn(password::verify_blocking(String::new(), None));
+        // Makes the dummy hash before serving, so the first login naming an unknown account
+        // does not take twice as long as a wrong password (SPEC section 4: similar timing),
+        // and its 19 MiB of argon2 memory is touched at start rather than under traffic.
+        password::verify_blocking(String::new(), None).await?;
         Ok(Accounts {
             store,
-            keys: ArcSwap::from_pointee(ring),
+            auth,
             last_kid_reload: AtomicI64::new(now),
             login_limiter: LoginLimiter::new(),
             register_limiter: WindowCounter::new(),
         })
     }
 
-    async fn load_ring(
+    /// Everything the account API and the proxy path share, built on a store: the lookups
+    /// cache, the key ring (created on first start), the authenticator and this service.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        cfg: &Config,
+        now: UnixMillis,
+    ) -> Result<Accounts, AccountError> {
+        let ring = Self::load_ring(store.as_ref(), cfg, now).await?;
+        let cache = crate::cache::AuthCache::new(store.clone(), (&cfg.cache).into());
+        let auth = Arc::new(Authenticator::new(
+            cache,
+            cfg.cache.max_entries,
+            cfg.cache.ttl,
+            ring,
+        ));
+        Self::open(store, auth, now).await
+    }
+
+    /// Loads (or on the first start creates and stores) the signing keys.
+    pub async fn load_ring(
         store: &dyn Store,
         cfg: &Config,
         now: UnixMillis,
@@ -243,7 +300,12 @@ impl Accounts {
 
     /// The current key ring (JWKS, verification).
     pub fn keys(&self) -> Arc<KeyRing> {
-        self.keys.load_full()
+        self.auth.keys()
+    }
+
+    /// The proxy path's authenticator (and its cache, evicted after local writes).
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
     }
 
     /// Re-reads the signing keys from the store (a rotation by another process or replica,
@@ -251,7 +313,7 @@ impl Accounts {
     pub async fn reload_keys(&self, cfg: &Config, now: UnixMillis) -> Result<(), AccountError> {
         let ring = Self::load_ring(self.store.as_ref(), cfg, now).await?;
         self.last_kid_reload.store(now, Ordering::Relaxed);
-        self.keys.store(Arc::new(ring));
+        self.auth.set_keys(ring);
         Ok(())
     }
 
@@ -554,7 +616,7 @@ impl Accounts {
             username: user.username.clone(),
             scope: None,
         };
-        Ok(jwt::issue_access(&self.keys.load(), &claims)?)
+        Ok(jwt::issue_access(&self.auth.keys(), &claims)?)
     }
 
     // ---- refresh ----
@@ -606,41 +668,38 @@ impl Accounts {
         })
     }
 
-    // ---- bearer authentication of the account API ----
+    // ---- authentication of the account API ----
 
-    /// Verifies a Gatehouse access token and checks that its session and user are still
-    /// good (straight from the store: the account API is not the hot path).
+    /// Authenticates an account API request through the same authenticator as the proxy
+    /// path (any credential kind), then reads the user fresh from the store: the account API
+    /// shows and changes the record itself. A token naming an unknown `kid` makes the keys be
+    /// re-read first (at most every few seconds), in case another process rotated them.
     pub async fn authenticate(
         &self,
         cfg: &Config,
-        token: &str,
+        presented: Presented<'_>,
         now: UnixMillis,
     ) -> Result<Caller, AccountError> {
-        let expect = Expectation {
+        let rules = TokenRules {
             issuer: &cfg.tokens.issuer,
             audience: &cfg.tokens.audience,
-            now_secs: now.div_euclid(1000),
-            leeway_secs: LEEWAY_SECS,
         };
-        let claims = match jwt::verify_access(&self.keys.load(), token, &expect) {
-            Err(JwtError::UnknownKid) if self.may_reload_for_kid(now) => {
+        let principal = match self.auth.authenticate(presented, rules, now).await {
+            Err(AuthError::Token(JwtError::UnknownKid)) if self.may_reload_for_kid(now) => {
                 self.reload_keys(cfg, now).await?;
-                jwt::verify_access(&self.keys.load(), token, &expect)?
+                self.auth.authenticate(presented, rules, now).await
             }
-            other => other?,
+            other => other,
+        }?;
+        let Some(user_id) = principal.user_id.as_deref() else {
+            // A publishable key identifies an app, never a user.
+            return Err(AccountError::NotAUser);
         };
-        if self.store.is_session_revoked(&claims.sid, now).await? {
-            return Err(AccountError::SessionRevoked);
-        }
-        let user = match self.store.get_user(&claims.sub).await? {
+        let user = match self.store.get_user(user_id).await? {
             Some(u) if !u.disabled => u,
             _ => return Err(AccountError::SessionRevoked),
         };
-        Ok(Caller {
-            user,
-            session_id: claims.sid.clone(),
-            claims,
-        })
+        Ok(Caller { user, principal })
     }
 
     fn may_reload_for_kid(&self, now: UnixMillis) -> bool {
@@ -652,16 +711,180 @@ impl Accounts {
                 .is_ok()
     }
 
-    /// Ends the caller's session (`POST /auth/logout`).
+    /// Ends the caller's session (`POST /auth/logout`); an API key has none to end.
     pub async fn logout(&self, caller: &Caller, now: UnixMillis) -> Result<(), AccountError> {
-        match self
+        let Some(sid) = caller.session_id() else {
+            return Ok(());
+        };
+        let result = match self
             .store
-            .revoke_session(&caller.session_id, Some(&caller.user.id), now)
+            .revoke_session(sid, Some(&caller.user.id), now)
             .await
         {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(e) => Err(e.into()),
+        };
+        // Immediately on this replica (SPEC section 3).
+        self.auth.cache().evict_session(sid).await;
+        result
+    }
+
+    // ---- API keys ----
+
+    /// Issues an API key for `owner` (`POST /auth/api-keys`, the CLI, partner registration).
+    /// A key never has more rights than its owner: the `admin` scope needs the `admin` role.
+    pub async fn create_api_key(
+        &self,
+        owner: &User,
+        input: NewApiKey,
+        now: UnixMillis,
+    ) -> Result<(ApiKey, String), AccountError> {
+        let mut issues = Vec::new();
+        let name = input.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            issues.push(FieldIssue::invalid(
+                "name",
+                "must be 1 to 100 characters without control characters",
+            ));
         }
+        if input
+            .scopes
+            .as_ref()
+            .is_some_and(|scopes| scopes.iter().any(|s| !valid_role(s)))
+        {
+            issues.push(FieldIssue::invalid(
+                "scopes",
+                "each scope must be 1 to 64 of letters, digits, '_', '-', '.', ':'",
+            ));
+        }
+        if input.expires_at.is_some_and(|t| t <= now) {
+            issues.push(FieldIssue::invalid("expires_at", "must be in the future"));
+        }
+        if !issues.is_empty() {
+            return Err(AccountError::Invalid(issues));
+        }
+        let wants_admin = input
+            .scopes
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|x| x == "admin"));
+        if wants_admin && !owner.roles.iter().any(|r| r == "admin") {
+            return Err(AccountError::Forbidden(
+                "the admin scope needs an owner with the admin role",
+            ));
+        }
+        let generated = crate::auth::api_key::generate(input.kind);
+        let key = ApiKey {
+            id: new_id(),
+            user_id: owner.id.clone(),
+            kind: input.kind,
+            name,
+            prefix: generated.prefix.clone(),
+            key_hash: generated.hash,
+            scopes: input.scopes,
+            created_at: now,
+            expires_at: input.expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        self.store.create_api_key(&key).await?;
+        Ok((key, generated.key))
+    }
+
+    /// The caller's keys, revoked ones included, oldest first.
+    pub async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, AccountError> {
+        Ok(self.store.list_api_keys(user_id).await?)
+    }
+
+    /// Revokes one of the owner's keys; it stops working on this replica at once.
+    pub async fn revoke_api_key(
+        &self,
+        owner: Option<&str>,
+        id: &str,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        let key = self
+            .store
+            .get_api_key(id)
+            .await?
+            .filter(|k| owner.is_none_or(|o| o == k.user_id))
+            .ok_or(AccountError::NotFound)?;
+        match self.store.revoke_api_key(id, owner, now).await {
+            Ok(()) => {}
+            Err(StoreError::NotFound) => return Err(AccountError::NotFound),
+            Err(e) => return Err(e.into()),
+        }
+        self.auth.cache().evict_api_key(&key.key_hash).await;
+        Ok(())
+    }
+
+    /// `POST /auth/login {api_key}`: a secret key exchanged for a session. Failures count
+    /// toward the login limits like wrong passwords.
+    pub async fn login_api_key(
+        &self,
+        cfg: &Config,
+        key: &str,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<Issued, AccountError> {
+        let limits = login_limits(cfg);
+        // The account is unknown until the key is; its visible prefix stands in for it.
+        let account_key = format!("k:{}", key.get(..12).unwrap_or(key));
+        let ip = client.ip.to_string();
+        if let Decision::Limited { retry_after } =
+            self.login_limiter.check(&account_key, &ip, limits, now)
+        {
+            return Err(login_limited(cfg, retry_after));
+        }
+        let found = match crate::auth::api_key::parse(key) {
+            Ok(parsed) if parsed.kind == ApiKeyKind::Secret => self
+                .store
+                .get_api_key_by_hash(&parsed.hash)
+                .await?
+                .filter(|k| k.is_active(now) && k.kind == ApiKeyKind::Secret),
+            _ => None,
+        };
+        let user = match &found {
+            Some(k) => self.store.get_user(&k.user_id).await?,
+            None => None,
+        };
+        let Some(user) = user else {
+            self.login_limiter.failed(&account_key, &ip, limits, now);
+            return Err(AccountError::InvalidCredentials);
+        };
+        self.login_limiter.succeeded(&account_key, &ip);
+        if user.disabled {
+            return Err(AccountError::Disabled);
+        }
+        self.start_session(cfg, user, vec!["api_key".into()], client, now)
+            .await
+    }
+
+    /// A session cookie's token for an issued session: the access token's claims, living
+    /// as long as the session.
+    pub fn session_cookie(
+        &self,
+        cfg: &Config,
+        issued: &Issued,
+        now: UnixMillis,
+    ) -> Result<(String, u64), AccountError> {
+        let iat = now.div_euclid(1000);
+        let exp = issued.session.expires_at.div_euclid(1000);
+        let claims = AccessClaims {
+            iss: cfg.tokens.issuer.clone(),
+            sub: issued.user.id.clone(),
+            aud: cfg.tokens.audience.clone(),
+            exp,
+            iat,
+            jti: new_id(),
+            sid: issued.session.id.clone(),
+            roles: issued.user.roles.clone(),
+            amr: issued.session.amr.clone(),
+            email: issued.user.email.clone(),
+            username: issued.user.username.clone(),
+            scope: None,
+        };
+        let token = jwt::issue_session_cookie(&self.auth.keys(), &claims)?;
+        Ok((token, u64::try_from(exp - iat).unwrap_or(0)))
     }
 
     // ---- profile ----
@@ -712,7 +935,10 @@ impl Accounts {
             ..UserPatch::default()
         };
         match self.store.update_user(&caller.user.id, &patch, now).await {
-            Ok(user) => Ok(user),
+            Ok(user) => {
+                self.auth.cache().evict_user(&user.id).await;
+                Ok(user)
+            }
             Err(StoreError::Conflict { field }) => Err(AccountError::Taken(field)),
             Err(StoreError::NotFound) => Err(AccountError::SessionRevoked),
             Err(e) => Err(e.into()),
@@ -784,8 +1010,7 @@ impl Accounts {
             ..UserPatch::default()
         };
         self.store.update_user(&caller.user.id, &patch, now).await?;
-        self.store
-            .revoke_user_sessions(&caller.user.id, Some(&caller.session_id), now)
+        self.revoke_sessions(&caller.user.id, caller.session_id(), now)
             .await?;
         Ok(())
     }
@@ -804,10 +1029,43 @@ impl Accounts {
             self.check_current_password(cfg, caller, "password", password, client, now)
                 .await?;
         }
-        match self.store.delete_user(&caller.user.id).await {
+        let sessions = self
+            .store
+            .list_active_sessions(&caller.user.id, now)
+            .await?;
+        let keys = self.store.list_api_keys(&caller.user.id).await?;
+        let result = match self.store.delete_user(&caller.user.id).await {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(e) => Err(e.into()),
+        };
+        let cache = self.auth.cache();
+        cache.evict_user(&caller.user.id).await;
+        for s in sessions {
+            cache.evict_session(&s.id).await;
         }
+        for k in keys {
+            cache.evict_api_key(&k.key_hash).await;
+        }
+        result
+    }
+
+    /// Revokes the user's sessions (all, or all but `except`) and evicts them from this
+    /// replica's cache, so their tokens stop working here at once.
+    pub async fn revoke_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<u64, AccountError> {
+        let sessions = self.store.list_active_sessions(user_id, now).await?;
+        let n = self
+            .store
+            .revoke_user_sessions(user_id, except, now)
+            .await?;
+        for s in sessions.iter().filter(|s| Some(s.id.as_str()) != except) {
+            self.auth.cache().evict_session(&s.id).await;
+        }
+        Ok(n)
     }
 }
 

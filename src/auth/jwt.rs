@@ -14,6 +14,9 @@ use crate::auth::signing::{JwsError, KeyRing, SigningError};
 
 /// The header `typ` of access tokens (RFC 9068 section 2.1).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+/// `typ` of the session cookie's token: the same claims as an access token, living as long
+/// as the session, and never accepted where an access token is expected (or the reverse).
+pub const SESSION_COOKIE_TYP: &str = "gh-session+jwt";
 
 /// Clock skew tolerated on `exp` and `nbf` (SPEC section 3).
 pub const DEFAULT_LEEWAY_SECS: u64 = 60;
@@ -143,10 +146,35 @@ pub fn verify_access(
     token: &str,
     expect: &Expectation<'_>,
 ) -> Result<AccessClaims, JwtError> {
+    verify_typed(ring, token, expect, ACCESS_TOKEN_TYP)
+}
+
+/// Signs the session cookie's token (`typ` [`SESSION_COOKIE_TYP`]).
+pub fn issue_session_cookie(ring: &KeyRing, claims: &AccessClaims) -> Result<String, SigningError> {
+    ring.sign(SESSION_COOKIE_TYP, claims)
+}
+
+/// Verifies a session cookie's token with the rules of [`verify_access`] and its own `typ`.
+pub fn verify_session_cookie(
+    ring: &KeyRing,
+    token: &str,
+    expect: &Expectation<'_>,
+) -> Result<AccessClaims, JwtError> {
+    verify_typed(ring, token, expect, SESSION_COOKIE_TYP)
+}
+
+fn verify_typed(
+    ring: &KeyRing,
+    token: &str,
+    expect: &Expectation<'_>,
+    want_typ: &str,
+) -> Result<AccessClaims, JwtError> {
     let now_ms = expect.now_secs.saturating_mul(1000);
     let verified = ring.verify(token, now_ms)?;
     let typ_ok = verified.typ.as_deref().is_some_and(|typ| {
-        typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || typ.eq_ignore_ascii_case("application/at+jwt")
+        typ.eq_ignore_ascii_case(want_typ)
+            || typ.get(..12).is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+                && typ.get(12..).is_some_and(|t| t.eq_ignore_ascii_case(want_typ))
     });
     if !typ_ok {
         return Err(JwtError::WrongType);

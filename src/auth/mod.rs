@@ -1,5 +1,370 @@
 //! Authentication: credentials, tokens and the keys that sign them.
+//!
+//! Owns: finding the one credential of a request (SPEC section 3's precedence), turning it
+//! into a [`Principal`] through the cache (API keys, Gatehouse access tokens, session
+//! cookies), the key ring tokens are signed and verified with, and the route policy
+//! ([`policy`]). Must not touch: HTTP responses (failures leave as [`AuthError`] /
+//! [`policy::Denied`], mapped once by the caller) or the store directly (only through
+//! [`AuthCache`], so every lookup is cached and counted).
 
+pub mod api_key;
+pub mod cookie;
 pub mod jwt;
 pub mod password;
+pub mod policy;
 pub mod signing;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use http::header::{self, HeaderName};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{AuthCache, TokenCache};
+use crate::config::CredentialKind;
+use crate::principal::{AuthMethod, Principal};
+use crate::store::{ApiKeyKind, StoreError, UnixMillis};
+use jwt::{AccessClaims, Expectation, JwtError};
+use signing::KeyRing;
+
+/// `X-API-Key`.
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The credential a request presents, by SPEC section 3's precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// `X-API-Key`, or `Authorization: Bearer sk_.../pk_...`.
+    ApiKey(&'a str),
+    /// `Authorization: Bearer <JWT>`.
+    Jwt(&'a str),
+    /// The session cookie's value.
+    Cookie(&'a str),
+}
+
+impl Presented<'_> {
+    /// The kind a route's `credentials` list names.
+    pub fn kind(&self) -> CredentialKind {
+        match self {
+            Presented::ApiKey(_) => CredentialKind::ApiKey,
+            Presented::Jwt(_) => CredentialKind::Jwt,
+            Presented::Cookie(_) => CredentialKind::Cookie,
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110 11.1).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The first credential, in precedence order, of a kind the route accepts (a credential of
+/// another kind is not looked at, as if it were absent).
+pub fn presented<'a>(
+    headers: &'a HeaderMap,
+    cookie_name: &str,
+    accepts: &[CredentialKind],
+) -> Option<Presented<'a>> {
+    let accepts_kind = |k: CredentialKind| accepts.contains(&k);
+    if accepts_kind(CredentialKind::ApiKey)
+        && let Some(v) = headers.get(&X_API_KEY).and_then(|v| v.to_str().ok())
+    {
+        return Some(Presented::ApiKey(v.trim()));
+    }
+    if let Some(token) = bearer(headers) {
+        let candidate = if api_key::looks_like_key(token) {
+            Presented::ApiKey(token)
+        } else {
+            Presented::Jwt(token)
+        };
+        if accepts_kind(candidate.kind()) {
+            return Some(candidate);
+        }
+    }
+    if accepts_kind(CredentialKind::Cookie)
+        && let Some(v) = cookie::find(headers, cookie_name)
+    {
+        return Some(Presented::Cookie(v));
+    }
+    None
+}
+
+/// Why a presented credential was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Malformed (checksum), unknown, revoked or expired API key, or its owner is gone or
+    /// disabled.
+    #[error("invalid API key")]
+    InvalidApiKey,
+    /// A token that failed verification.
+    #[error("invalid token: {0}")]
+    Token(#[from] JwtError),
+    /// A valid token of an ended session, or of a deleted or disabled user.
+    #[error("session revoked")]
+    SessionRevoked,
+    /// The store could not answer a cache miss.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What tokens must say to be accepted (from `tokens`).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRules<'a> {
+    pub issuer: &'a str,
+    pub audience: &'a str,
+}
+
+/// Verifies credentials on the proxy path (and for the account API) through the cache.
+pub struct Authenticator {
+    cache: AuthCache,
+    /// Verified tokens (access tokens and cookies) by the SHA-256 of the whole token: a
+    /// signature check costs as much as a proxied request, and clients reuse one token for its
+    /// whole life. Session and user state are still checked on every hit.
+    verified: TokenCache<Verified>,
+    keys: ArcSwap<KeyRing>,
+}
+
+/// A verified token's claims and which kind of token it was.
+#[derive(Debug)]
+struct Verified {
+    claims: AccessClaims,
+    scopes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("kid", &self.keys.load().current_kid())
+            .finish_non_exhaustive()
+    }
+}
+
+/// JWT leeway for `exp`/`nbf` (SPEC section 3).
+pub const LEEWAY_SECS: u64 = 60;
+
+impl Authenticator {
+    pub fn new(
+        cache: AuthCache,
+        verified_max: u64,
+        ttl: std::time::Duration,
+        keys: KeyRing,
+    ) -> Self {
+        Authenticator {
+            cache,
+            verified: TokenCache::new(verified_max, ttl),
+            keys: ArcSwap::from_pointee(keys),
+        }
+    }
+
+    /// The lookups cache (for eviction after local writes).
+    pub fn cache(&self) -> &AuthCache {
+        &self.cache
+    }
+
+    /// The current key ring.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.load_full()
+    }
+
+    /// Replaces the key ring (rotation, periodic re-read).
+    pub fn set_keys(&self, ring: KeyRing) {
+        self.keys.store(Arc::new(ring));
+    }
+
+    /// Turns a presented credential into the principal it stands for.
+    pub async fn authenticate(
+        &self,
+        presented: Presented<'_>,
+        rules: TokenRules<'_>,
+        now: UnixMillis,
+    ) -> Result<Principal, AuthError> {
+        match presented {
+            Presented::ApiKey(key) => self.api_key(key, now).await,
+            Presented::Jwt(token) => self.token(token, false, rules, now).await,
+            Presented::Cookie(token) => self.token(token, true, rules, now).await,
+        }
+    }
+
+    async fn api_key(&self, key: &str, now: UnixMillis) -> Result<Principal, AuthError> {
+        // The checksum refuses a mistyped or made-up key before any lookup.
+        let parsed = api_key::parse(key).map_err(|_| AuthError::InvalidApiKey)?;
+        let record = self
+            .cache
+            .api_key(&parsed.hash)
+            .await?
+            .filter(|k| k.is_active(now) && k.kind == parsed.kind)
+            .ok_or(AuthError::InvalidApiKey)?;
+        self.cache.note_api_key_use(&record.id, now);
+        match record.kind {
+            ApiKeyKind::Publishable => Ok(Principal {
+                method: AuthMethod::PublishableKey,
+                user_id: None,
+                email: None,
+                username: None,
+                roles: Vec::new(),
+                scopes: record.scopes.clone(),
+                key_id: Some(record.id.clone()),
+                session_id: None,
+            }),
+            ApiKeyKind::Secret => {
+                let user = self
+                    .cache
+                    .user(&record.user_id)
+                    .await?
+                    .filter(|u| !u.disabled)
+                    .ok_or(AuthError::InvalidApiKey)?;
+                Ok(Principal {
+                    method: AuthMethod::ApiKey,
+                    user_id: Some(user.id.clone()),
+                    email: user.email.clone(),
+                    username: user.username.clone(),
+                    roles: user.roles.clone(),
+                    scopes: record.scopes.clone(),
+                    key_id: Some(record.id.clone()),
+                    session_id: None,
+                })
+            }
+        }
+    }
+
+    async fn token(
+        &self,
+        token: &str,
+        cookie: bool,
+        rules: TokenRules<'_>,
+        now: UnixMillis,
+    ) -> Result<Principal, AuthError> {
+        let mut hasher = Sha256::new();
+        hasher.update([u8::from(cookie)]);
+        hasher.update(token.as_bytes());
+        let hash: [u8; 32] = hasher.finalize().into();
+        let verified = match self.verified.get(&hash).await {
+            // The entry never outlives the token's `exp`.
+            Some(v) => v,
+            None => {
+                let expect = Expectation {
+                    issuer: rules.issuer,
+                    audience: rules.audience,
+                    now_secs: now.div_euclid(1000),
+                    leeway_secs: LEEWAY_SECS,
+                };
+                let ring = self.keys.load();
+                let claims = if cookie {
+                    jwt::verify_session_cookie(&ring, token, &expect)?
+                } else {
+                    jwt::verify_access(&ring, token, &expect)?
+                };
+                let scopes = claims
+                    .scope
+                    .as_deref()
+                    .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect());
+                let valid_until = claims.exp.saturating_mul(1000);
+                let v = Arc::new(Verified { claims, scopes });
+                self.verified
+                    .insert(hash, v.clone(), valid_until, now)
+                    .await;
+                v
+            }
+        };
+        let claims = &verified.claims;
+        if !self.cache.session_active(&claims.sid, now).await? {
+            return Err(AuthError::SessionRevoked);
+        }
+        let user = self
+            .cache
+            .user(&claims.sub)
+            .await?
+            .filter(|u| !u.disabled)
+            .ok_or(AuthError::SessionRevoked)?;
+        Ok(Principal {
+            method: if cookie {
+                AuthMethod::Cookie
+            } else {
+                AuthMethod::Jwt
+            },
+            user_id: Some(user.id.clone()),
+            email: user.email.clone(),
+            username: user.username.clone(),
+            // The user's roles now, not those of the token's issue time: a removed role
+            // stops working within the cache TTL.
+            roles: user.roles.clone(),
+            scopes: verified.scopes.clone(),
+            key_id: None,
+            session_id: Some(claims.sid.clone()),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  abc "),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn precedence_and_accepted_kinds() {
+        let all = [
+            CredentialKind::ApiKey,
+            CredentialKind::Jwt,
+            CredentialKind::Cookie,
+        ];
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("gh_session=c"));
+        assert_eq!(
+            presented(&h, "gh_session", &all),
+            Some(Presented::Cookie("c"))
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer ey.j.w"),
+        );
+        assert_eq!(
+            presented(&h, "gh_session", &all),
+            Some(Presented::Jwt("ey.j.w"))
+        );
+        h.insert(&X_API_KEY, HeaderValue::from_static("sk_x"));
+        assert_eq!(
+            presented(&h, "gh_session", &all),
+            Some(Presented::ApiKey("sk_x"))
+        );
+        // A kind the route does not accept is passed over.
+        let only_cookie = [CredentialKind::Cookie];
+        assert_eq!(
+            presented(&h, "gh_session", &only_cookie),
+            Some(Presented::Cookie("c"))
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer pk_y"),
+        );
+        h.remove(&X_API_KEY);
+        assert_eq!(
+            presented(&h, "gh_session", &all),
+            Some(Presented::ApiKey("pk_y"))
+        );
+        assert_eq!(presented(&h, "gh_session", &[CredentialKind::Jwt]), None);
+    }
+}

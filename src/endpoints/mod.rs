@@ -10,7 +10,7 @@
 pub mod wire;
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -23,25 +23,22 @@ use crate::accounts::{
     AccountError, Accounts, Caller, ClientInfo, ProfileChange, Registration, single_issue_kind,
 };
 use crate::auth::password::PasswordError;
+use crate::auth::{self, Presented, cookie};
 use crate::body::ResBody;
 use crate::config::Config;
+use crate::config::CredentialKind;
 use crate::problem::{ApiError, FieldError, RateLimitInfo};
 use crate::state::RequestCtx;
 use crate::store::{StoreError, UnixMillis};
 use wire::{
-    DeleteAccountBody, LoginBody, PasswordBody, ProfileBody, RefreshBody, RegisterBody,
-    token_answer, user_view,
+    ApiKeyBody, DeleteAccountBody, LoginBody, PasswordBody, ProfileBody, RefreshBody, RegisterBody,
+    created_key_view, key_view, token_answer, user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
 const MAX_JSON_BODY: usize = 64 * 1024;
 
-/// Milliseconds since the Unix epoch by the wall clock.
-pub fn unix_now() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use crate::store::unix_now;
 
 impl From<AccountError> for ApiError {
     fn from(err: AccountError) -> Self {
@@ -76,6 +73,10 @@ impl From<AccountError> for ApiError {
             AccountError::Token(e) if e.is_expired() => ApiError::TokenExpired,
             AccountError::Token(e) => ApiError::InvalidToken(e.to_string()),
             AccountError::SessionRevoked => ApiError::SessionRevoked,
+            AccountError::InvalidApiKey => ApiError::InvalidApiKey,
+            AccountError::NotAUser => ApiError::PublishableKeyNotAllowed,
+            AccountError::Forbidden(_) => ApiError::Forbidden,
+            AccountError::NotFound => ApiError::NotFound,
             AccountError::Store(StoreError::Unavailable(e)) => ApiError::StoreUnavailable(e),
             AccountError::Store(
                 e @ (StoreError::NotFound
@@ -153,11 +154,21 @@ pub async fn handle(
             allow(&method, &[Method::POST])?;
             let client = client_info(config, ctx, req.headers());
             let body: LoginBody = read_json(req).await?;
-            let id = body.login_id()?;
-            let issued = accounts
-                .login(config, id, body.password.unwrap_or_default(), &client, now)
-                .await?;
-            Ok(json(StatusCode::OK, &token_answer(&issued), true))
+            let cookie_session = body.wants_cookie()?;
+            let issued = match body.api_key.as_deref() {
+                Some(key) => accounts.login_api_key(config, key, &client, now).await?,
+                None => {
+                    let id = body.login_id()?;
+                    accounts
+                        .login(config, id, body.password.unwrap_or_default(), &client, now)
+                        .await?
+                }
+            };
+            if cookie_session {
+                cookie_answer(accounts, config, &issued, now)
+            } else {
+                Ok(json(StatusCode::OK, &token_answer(&issued), true))
+            }
         }
         (Some("/refresh"), _) => {
             allow(&method, &[Method::POST])?;
@@ -172,16 +183,22 @@ pub async fn handle(
         }
         (Some("/logout"), _) => {
             allow(&method, &[Method::POST])?;
-            let caller = authenticate(accounts, config, req.headers(), now).await?;
+            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
             accounts.logout(&caller, now).await?;
-            Ok(no_content())
+            let mut resp = no_content();
+            if caller.principal.method == crate::principal::AuthMethod::Cookie {
+                for v in cookie::clear(&config.cookies).into_iter().flatten() {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            Ok(resp)
         }
         (Some("/me"), _) => {
             allow(
                 &method,
                 &[Method::GET, Method::HEAD, Method::PATCH, Method::DELETE],
             )?;
-            let caller = authenticate(accounts, config, req.headers(), now).await?;
+            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
             match method {
                 Method::PATCH => {
                     let body: ProfileBody = read_json(req).await?;
@@ -206,7 +223,7 @@ pub async fn handle(
         }
         (Some("/password"), _) => {
             allow(&method, &[Method::POST])?;
-            let caller = authenticate(accounts, config, req.headers(), now).await?;
+            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
             let client = client_info(config, ctx, req.headers());
             let body: PasswordBody = read_json(req).await?;
             accounts
@@ -221,8 +238,65 @@ pub async fn handle(
                 .await?;
             Ok(no_content())
         }
+        (Some("/api-keys"), _) => {
+            allow(&method, &[Method::GET, Method::HEAD, Method::POST])?;
+            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            if method == Method::POST {
+                let body: ApiKeyBody = read_json(req).await?;
+                let input = body.into_input()?;
+                let (key, plain) = accounts.create_api_key(&caller.user, input, now).await?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &created_key_view(&key, &plain),
+                    true,
+                ))
+            } else {
+                let keys = accounts.list_api_keys(&caller.user.id).await?;
+                let views: Vec<_> = keys.iter().map(key_view).collect();
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "api_keys": views }),
+                    true,
+                ))
+            }
+        }
+        (Some(rest), _) if rest.starts_with("/api-keys/") => {
+            allow(&method, &[Method::DELETE])?;
+            let id = &rest["/api-keys/".len()..];
+            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            accounts
+                .revoke_api_key(Some(&caller.user.id), id, now)
+                .await?;
+            Ok(no_content())
+        }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// Login with `"session": "cookie"`: the session and CSRF cookies, no tokens in the body.
+fn cookie_answer(
+    accounts: &Accounts,
+    config: &Config,
+    issued: &crate::accounts::Issued,
+    now: UnixMillis,
+) -> Result<Response<ResBody>, ApiError> {
+    let (token, max_age) = accounts.session_cookie(config, issued, now)?;
+    let csrf = crate::accounts::new_secret();
+    let mut resp = json(
+        StatusCode::OK,
+        &serde_json::json!({ "user": user_view(&issued.user), "expires_in": max_age }),
+        true,
+    );
+    for v in [
+        cookie::set_session(&config.cookies, &token, max_age),
+        cookie::set_csrf(&config.cookies, &csrf, max_age),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
 }
 
 fn allow(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
@@ -235,24 +309,52 @@ fn allow(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
     }
 }
 
-/// The caller of an account API request: a Gatehouse access token in
-/// `Authorization: Bearer` (session cookies and API keys arrive with the proxy-path issue).
+/// The caller of an account API request, by any credential kind (SPEC section 3's
+/// precedence); a cookie-authenticated unsafe request must also pass the CSRF check.
 async fn authenticate(
     accounts: &Accounts,
     config: &Config,
+    ctx: &RequestCtx,
+    method: &Method,
     headers: &HeaderMap,
     now: UnixMillis,
 ) -> Result<Caller, ApiError> {
-    let token = bearer(headers).ok_or(ApiError::MissingCredentials)?;
-    Ok(accounts.authenticate(config, token, now).await?)
+    let session_cookie = cookie::session_name(&config.cookies);
+    let all = [
+        CredentialKind::ApiKey,
+        CredentialKind::Jwt,
+        CredentialKind::Cookie,
+    ];
+    let presented =
+        auth::presented(headers, &session_cookie, &all).ok_or(ApiError::MissingCredentials)?;
+    let caller = accounts.authenticate(config, presented, now).await?;
+    if matches!(presented, Presented::Cookie(_))
+        && !method.is_safe()
+        && !cookie::csrf_ok(
+            headers,
+            addressed_origin(ctx, headers).as_deref(),
+            &config.accounts.allowed_origins,
+            &cookie::csrf_name(&config.cookies),
+        )
+    {
+        return Err(ApiError::CsrfFailed);
+    }
+    Ok(caller)
 }
 
-/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110 11.1).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// The origin the client addressed, believing `X-Forwarded-*` only from trusted proxies.
+fn addressed_origin(ctx: &RequestCtx, headers: &HeaderMap) -> Option<String> {
+    let forwarded = |name: &str| {
+        ctx.trusted_peer
+            .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
+            .flatten()
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    let scheme = forwarded("x-forwarded-proto").unwrap_or(ctx.scheme);
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))?;
+    Some(format!("{scheme}://{host}"))
 }
 
 /// The client's address for rate limits and session records: the TCP peer, or, when the
@@ -402,26 +504,6 @@ fn discovery(config: &Config) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_parsing() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
-        );
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer  abc "),
-        );
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&h), None);
-    }
 
     #[test]
     fn retry_after_rounds_up() {

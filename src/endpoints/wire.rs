@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::accounts::{Issued, LoginId};
+use crate::accounts::{Issued, LoginId, NewApiKey};
 use crate::problem::{ApiError, FieldError};
-use crate::store::{UnixMillis, User};
+use crate::store::{ApiKey, ApiKeyKind, UnixMillis, User};
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in PATCH
 /// bodies.
@@ -32,18 +32,23 @@ pub struct LoginBody {
 }
 
 impl LoginBody {
-    /// Which account the login names; every missing field is listed at once.
+    /// `"session": "cookie"` asks for cookies instead of tokens; `"token"` (the default) for
+    /// tokens.
+    pub fn wants_cookie(&self) -> Result<bool, ApiError> {
+        match self.session.as_deref() {
+            None | Some("token") => Ok(false),
+            Some("cookie") => Ok(true),
+            Some(_) => Err(ApiError::ValidationFailed {
+                errors: vec![FieldError::new(
+                    "session",
+                    "must be \"token\" or \"cookie\"",
+                )],
+            }),
+        }
+    }
+
+    /// Which account a password login names; every missing field is listed at once.
     pub fn login_id(&self) -> Result<LoginId, ApiError> {
-        if self.api_key.is_some() {
-            return Err(ApiError::InvalidRequest(
-                "api_key login is not available in this version".into(),
-            ));
-        }
-        if self.session.as_deref().is_some_and(|s| s != "token") {
-            return Err(ApiError::InvalidRequest(
-                "only \"session\": \"token\" is available in this version".into(),
-            ));
-        }
         let mut errors = Vec::new();
         let id = match (non_blank(&self.email), non_blank(&self.username)) {
             (Some(e), _) => Some(LoginId::Email(e.to_owned())),
@@ -65,6 +70,57 @@ impl LoginBody {
 
 fn non_blank(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.trim().is_empty())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ApiKeyBody {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<String>,
+}
+
+impl ApiKeyBody {
+    /// The validated input; every wrong field listed at once.
+    pub fn into_input(self) -> Result<NewApiKey, ApiError> {
+        let mut errors = Vec::new();
+        let kind = match self.kind.as_deref() {
+            None => ApiKeyKind::Secret,
+            Some(k) => ApiKeyKind::parse(k).unwrap_or_else(|| {
+                errors.push(FieldError::new(
+                    "kind",
+                    "must be \"secret\" or \"publishable\"",
+                ));
+                ApiKeyKind::Secret
+            }),
+        };
+        let name = self.name.unwrap_or_default();
+        if name.trim().is_empty() {
+            errors.push(FieldError::new("name", "is required"));
+        }
+        let expires_at = match self.expires_at.as_deref() {
+            None => None,
+            Some(t) => match parse_rfc3339(t) {
+                Some(ms) => Some(ms),
+                None => {
+                    errors.push(FieldError::new(
+                        "expires_at",
+                        "must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z",
+                    ));
+                    None
+                }
+            },
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::ValidationFailed { errors });
+        }
+        Ok(NewApiKey {
+            name,
+            kind,
+            scopes: self.scopes,
+            expires_at,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +193,57 @@ pub fn token_answer(issued: &Issued) -> TokenAnswer<'_> {
         token_type: "Bearer",
         expires_in: issued.expires_in,
     }
+}
+
+/// An API key as listed (never the key itself).
+#[derive(Debug, Serialize)]
+pub struct KeyView<'a> {
+    pub id: &'a str,
+    pub prefix: &'a str,
+    pub kind: &'static str,
+    pub name: &'a str,
+    pub scopes: Option<&'a [String]>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+}
+
+/// `GET /auth/api-keys` entries.
+pub fn key_view(k: &ApiKey) -> KeyView<'_> {
+    KeyView {
+        id: &k.id,
+        prefix: &k.prefix,
+        kind: k.kind.as_str(),
+        name: &k.name,
+        scopes: k.scopes.as_deref(),
+        created_at: rfc3339(k.created_at),
+        expires_at: k.expires_at.map(rfc3339),
+        last_used_at: Some(k.last_used_at.map(rfc3339)),
+        revoked_at: Some(k.revoked_at.map(rfc3339)),
+        key: None,
+    }
+}
+
+/// The answer of `POST /auth/api-keys`: the key, shown once.
+pub fn created_key_view<'a>(k: &'a ApiKey, plain: &'a str) -> KeyView<'a> {
+    KeyView {
+        last_used_at: None,
+        revoked_at: None,
+        key: Some(plain),
+        ..key_view(k)
+    }
+}
+
+/// Parses an RFC 3339 timestamp into milliseconds.
+pub fn parse_rfc3339(text: &str) -> Option<UnixMillis> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// RFC 3339 UTC with milliseconds, as the API shows every timestamp.

@@ -1,10 +1,12 @@
 //! The proxy path for a routed request, phase by phase (DESIGN "One request, one way through"):
 //!
-//! 3. authenticate: no credential kind is verifiable yet, so every caller is anonymous;
-//! 4. policy: `public` and `optional` pass anonymous callers, `required` answers 401;
+//! 3. authenticate: the route's accepted credential of highest precedence, through the
+//!    cache (`auth`); `public` routes skip this;
+//! 4. policy: `public` / `optional` / `required`, roles, scopes, publishable keys, and the
+//!    CSRF check of cookie-authenticated unsafe requests;
 //! 5. rate limit: not enforced yet;
-//! 6. headers: hop-by-hop removal, owned-header deletion, identity injection, `X-Forwarded-*`,
-//!    `strip_prefix`;
+//! 6. headers: hop-by-hop removal, owned-header deletion, credential removal (unless
+//!    `forward_credentials`), identity injection, `X-Forwarded-*`, `strip_prefix`;
 //! 7. upstream: pick a target, forward, stream the answer back (WebSocket upgrades spliced).
 //!
 //! This module knows no users and no stores: it gets a principal and acts on it.
@@ -19,11 +21,14 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::auth::policy::{self, Denied};
+use crate::auth::{self, AuthError, Authenticator, TokenRules, cookie};
 use crate::body::ResBody;
-use crate::config::AuthMode;
-use crate::principal::Principal;
+use crate::config::{AuthMode, Config};
+use crate::principal::{AuthMethod, Principal};
 use crate::problem::ApiError;
-use crate::state::{CompiledRoute, RequestCtx, Shared};
+use crate::state::{CompiledRoute, RequestCtx, Shared, Snapshot};
+use crate::store::StoreError;
 
 /// Path and query as the upstream sees them: `strip_prefix` removed, never empty.
 fn upstream_path(strip_prefix: Option<&str>, path: &str, query: Option<&str>) -> String {
@@ -45,23 +50,97 @@ fn upstream_path(strip_prefix: Option<&str>, path: &str, query: Option<&str>) ->
     out
 }
 
-/// Phase 4 with what phase 3 can tell today.
-fn authorize(route: &CompiledRoute) -> Result<Principal, ApiError> {
-    match route.config.auth {
-        AuthMode::Public | AuthMode::Optional => Ok(Principal::anonymous()),
-        AuthMode::Required => Err(ApiError::MissingCredentials),
+/// How a refusal of the route policy is answered (SPEC section 4).
+pub fn denied(d: Denied) -> ApiError {
+    match d {
+        Denied::Missing => ApiError::MissingCredentials,
+        Denied::PublishableKey => ApiError::PublishableKeyNotAllowed,
+        Denied::Forbidden => ApiError::Forbidden,
+        Denied::Invalid(AuthError::InvalidApiKey) => ApiError::InvalidApiKey,
+        Denied::Invalid(AuthError::Token(e)) if e.is_expired() => ApiError::TokenExpired,
+        Denied::Invalid(AuthError::Token(e)) => ApiError::InvalidToken(e.to_string()),
+        Denied::Invalid(AuthError::SessionRevoked) => ApiError::SessionRevoked,
+        Denied::Invalid(AuthError::Store(StoreError::Unavailable(e))) => {
+            ApiError::StoreUnavailable(e)
+        }
+        Denied::Invalid(AuthError::Store(
+            e @ (StoreError::NotFound
+            | StoreError::Conflict { .. }
+            | StoreError::InvalidCursor
+            | StoreError::Internal(_)),
+        )) => ApiError::Internal(e.to_string()),
     }
+}
+
+/// The origin the client addressed (`scheme://host[:port]`), believing
+/// `X-Forwarded-Proto/Host` only from a trusted proxy.
+fn addressed_origin(ctx: &RequestCtx, headers: &http::HeaderMap) -> Option<String> {
+    let forwarded = |name: &str| {
+        ctx.trusted_peer
+            .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
+            .flatten()
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    let scheme = forwarded("x-forwarded-proto").unwrap_or(ctx.scheme);
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))?;
+    Some(format!("{scheme}://{host}"))
+}
+
+/// Phases 3 and 4: who the request goes upstream as, or why it does not.
+pub async fn authorize(
+    auth: &Authenticator,
+    config: &Config,
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    route: &CompiledRoute,
+    req: &Request<Incoming>,
+) -> Result<Principal, ApiError> {
+    if route.config.auth == AuthMode::Public {
+        return Ok(Principal::anonymous());
+    }
+    let presented = auth::presented(
+        req.headers(),
+        &snapshot.session_cookie,
+        &route.config.credentials,
+    );
+    let found = match presented {
+        None => None,
+        Some(p) => {
+            let rules = TokenRules {
+                issuer: &config.tokens.issuer,
+                audience: &config.tokens.audience,
+            };
+            Some(auth.authenticate(p, rules, crate::store::unix_now()).await)
+        }
+    };
+    let principal = policy::decide(&route.config, found).map_err(denied)?;
+    if principal.method == AuthMethod::Cookie
+        && !req.method().is_safe()
+        && !cookie::csrf_ok(
+            req.headers(),
+            addressed_origin(ctx, req.headers()).as_deref(),
+            &config.accounts.allowed_origins,
+            &snapshot.csrf_cookie,
+        )
+    {
+        return Err(ApiError::CsrfFailed);
+    }
+    Ok(principal)
 }
 
 /// Handles a request already matched to `route`. `path` is the normalised request path.
 pub async fn handle(
     shared: &Shared,
+    auth: &Authenticator,
+    snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     route: &CompiledRoute,
     path: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let principal = authorize(route)?;
+    let principal = authorize(auth, &snapshot.config, snapshot, ctx, route, &req).await?;
 
     if let (Some(limit), Some(len)) = (route.config.max_body, content_length(req.headers()))
         && len > limit
@@ -83,6 +162,9 @@ pub async fn handle(
 
     headers::remove_hop_by_hop(&mut hdrs);
     headers::remove_owned(&mut hdrs);
+    if !route.config.forward_credentials {
+        remove_credentials(&mut hdrs, snapshot);
+    }
     headers::inject_identity(&mut hdrs, &principal);
     if !hdrs.contains_key(header::HOST) {
         // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.
@@ -147,6 +229,18 @@ pub async fn handle(
         }
     }
     Ok(resp.map(ResBody::Upstream))
+}
+
+/// The credentials Gatehouse reads (`X-API-Key`, a bearer token, the session and CSRF
+/// cookies) are not the upstream's business unless a route says `forward_credentials`.
+fn remove_credentials(h: &mut http::HeaderMap, snapshot: &Snapshot) {
+    h.remove(&auth::X_API_KEY);
+    if auth::bearer(h).is_some() {
+        h.remove(header::AUTHORIZATION);
+    }
+    if h.contains_key(header::COOKIE) {
+        cookie::strip(h, &[&snapshot.session_cookie, &snapshot.csrf_cookie]);
+    }
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {

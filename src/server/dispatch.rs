@@ -167,5 +167,14 @@ async fn route_and_serve(
             "router returned an unknown route".into(),
         ));
     };
-    proxy::handle(shared, ctx, route, path, req).await
+    proxy::handle(
+        shared,
+        accounts.authenticator(),
+        snapshot,
+        ctx,
+        route,
+        path,
+        req,
+    )
+    .await
 }

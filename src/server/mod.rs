@@ -71,7 +71,7 @@ impl Gateway {
             .await
             .map_err(|e| crate::store::StoreError::Internal(e.to_string()))??;
         let accounts =
-            Arc::new(Accounts::open(store.clone(), &config, crate::endpoints::unix_now()).await?);
+            Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
         let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &shared)));
         Ok(Gateway {

@@ -41,6 +41,14 @@ pub type UnixMillis = i64;
 /// stored, never the secret itself.
 pub type TokenHash = [u8; 32];
 
+/// The wall clock in [`UnixMillis`], for callers to pass as `now` (the store itself never
+/// reads the clock).
+pub fn unix_now() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A fresh record id: a UUID v4 in its hyphenated lowercase form.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()

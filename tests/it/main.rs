@@ -4,6 +4,7 @@
 
 mod accounts;
 mod architecture;
+mod auth;
 mod check;
 mod operations;
 mod protocols;

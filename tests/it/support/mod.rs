@@ -228,6 +228,12 @@ impl Gateway {
         false
     }
 
+    /// Resets the process's peak RSS (`VmHWM`) to its current RSS (Linux 4.0+:
+    /// `clear_refs` value 5).
+    pub fn reset_peak_memory(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").unwrap();
+    }
+
     /// `VmRSS` and `VmHWM` (peak) of the process, in KiB.
     pub fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();

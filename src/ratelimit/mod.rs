@@ -12,6 +12,8 @@
 //! password was checked (a limiter that consumes on check cannot do that), and the
 //! `Retry-After` a client sees is simply the end of its window.
 
+pub mod route;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -650,6 +650,8 @@ impl Accounts {
                 return Err(AccountError::InvalidRefreshToken("expired"));
             }
             RotateOutcome::ReuseDetected { session_id } => {
+                // The store revoked the session; its access tokens stop here at once.
+                self.auth.cache().evict_session(&session_id).await;
                 tracing::warn!(target: "gatehouse::accounts", session_id = %session_id, "refresh token reused after rotation; session revoked");
                 return Err(AccountError::InvalidRefreshToken("reused"));
             }

@@ -208,10 +208,11 @@ fn digit_value(d: u8) -> u8 {
     }
 }
 
-// CRC-32/IEEE (reflected, polynomial 0xEDB88320, as in zlib and PNG). A 1 KiB table built at
-// compile time: about 8 times faster than the bitwise loop, and rejecting bad keys is the path
-// a flood takes. Any single-character change is a burst of at most 8 bits, which a CRC-32
-// always detects.
+// CRC-32/IEEE (reflected, polynomial 0xEDB88320, as in zlib and PNG), no crate for it in the
+// tree. A 1 KiB table built at compile time, one lookup per byte: rustc 1.95's LLVM turns the
+// textbook bitwise loop into the same table in release builds (measured: equal speed), but not
+// at every opt-level, and rejecting bad keys is the path a flood takes. Any single-character
+// change is a burst of at most 8 bits, which a CRC-32 always detects.
 const CRC_TABLE: [u32; 256] = {
     let mut table = [0u32; 256];
     let mut i = 0;

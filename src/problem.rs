@@ -7,7 +7,10 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::auth::AuthError;
+use crate::auth::policy::Denied;
 use crate::body::ResBody;
+use crate::store::StoreError;
 
 /// Whose fault a failure is; it decides the log level and nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +327,37 @@ impl ApiError {
             }
         }
         resp
+    }
+}
+
+impl From<Denied> for ApiError {
+    /// How a refusal of the route policy is answered (SPEC section 4).
+    fn from(d: Denied) -> Self {
+        match d {
+            Denied::Missing => ApiError::MissingCredentials,
+            Denied::PublishableKey => ApiError::PublishableKeyNotAllowed,
+            Denied::Forbidden => ApiError::Forbidden,
+            Denied::Csrf => ApiError::CsrfFailed,
+            Denied::Invalid(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidApiKey => ApiError::InvalidApiKey,
+            AuthError::Token(e) if e.is_expired() => ApiError::TokenExpired,
+            AuthError::Token(e) => ApiError::InvalidToken(e.to_string()),
+            AuthError::SessionRevoked => ApiError::SessionRevoked,
+            AuthError::Store(StoreError::Unavailable(e)) => ApiError::StoreUnavailable(e),
+            AuthError::Store(
+                e @ (StoreError::NotFound
+                | StoreError::Conflict { .. }
+                | StoreError::InvalidCursor
+                | StoreError::Internal(_)),
+            ) => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -173,8 +173,12 @@ fn verify_typed(
     let verified = ring.verify(token, now_ms)?;
     let typ_ok = verified.typ.as_deref().is_some_and(|typ| {
         typ.eq_ignore_ascii_case(want_typ)
-            || typ.get(..12).is_some_and(|p| p.eq_ignore_ascii_case("application/"))
-                && typ.get(12..).is_some_and(|t| t.eq_ignore_ascii_case(want_typ))
+            || typ
+                .get(..12)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+                && typ
+                    .get(12..)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(want_typ))
     });
     if !typ_ok {
         return Err(JwtError::WrongType);

@@ -2,10 +2,12 @@
 //! any-of, scopes all-of, and where publishable keys count. Pure: it gets what
 //! authentication found and answers who the request goes upstream as, or why not.
 
-use crate::config::{AuthMode, RouteConfig};
+use http::{HeaderMap, Method, header};
+
+use crate::config::{AuthMode, Config, RouteConfig};
 use crate::principal::{AuthMethod, Principal};
 
-use super::AuthError;
+use super::{AuthError, Authenticator, TokenRules, cookie};
 
 /// Why a route refuses a request.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,77 @@ pub enum Denied {
     /// Authenticated but without a required role or scope.
     #[error("missing role or scope")]
     Forbidden,
+    /// A cookie-authenticated unsafe request without proof it is not cross-site.
+    #[error("CSRF check failed")]
+    Csrf,
+}
+
+/// What [`authorize`] needs to know about a request besides its route.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    /// How the client reached the gateway (`http`/`https`).
+    pub scheme: &'a str,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-*` are believed).
+    pub trusted_peer: bool,
+    pub session_cookie: &'a str,
+    pub csrf_cookie: &'a str,
+}
+
+impl RequestFacts<'_> {
+    /// The origin the client addressed (`scheme://host[:port]`), believing
+    /// `X-Forwarded-Proto/Host` only from a trusted proxy.
+    pub fn addressed_origin(&self) -> Option<String> {
+        let forwarded = |name: &str| {
+            self.trusted_peer
+                .then(|| self.headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+        };
+        let scheme = forwarded("x-forwarded-proto").unwrap_or(self.scheme);
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| self.headers.get(header::HOST).and_then(|v| v.to_str().ok()))?;
+        Some(format!("{scheme}://{host}"))
+    }
+}
+
+/// Phases 3 and 4 of a routed request (also forward-auth's decision): the route's accepted
+/// credential of highest precedence, authenticated through the cache, then the policy and
+/// the CSRF check of cookie-authenticated unsafe requests.
+pub async fn authorize(
+    auth: &Authenticator,
+    config: &Config,
+    route: &RouteConfig,
+    req: &RequestFacts<'_>,
+) -> Result<Principal, Denied> {
+    if route.auth == AuthMode::Public {
+        return Ok(Principal::anonymous());
+    }
+    let found = match super::presented(req.headers, req.session_cookie, &route.credentials) {
+        None => None,
+        Some(p) => {
+            let rules = TokenRules {
+                issuer: &config.tokens.issuer,
+                audience: &config.tokens.audience,
+            };
+            Some(auth.authenticate(p, rules, crate::store::unix_now()).await)
+        }
+    };
+    let principal = decide(route, found)?;
+    if principal.method == AuthMethod::Cookie
+        && !req.method.is_safe()
+        && !cookie::csrf_ok(
+            req.headers,
+            req.addressed_origin().as_deref(),
+            &config.accounts.allowed_origins,
+            req.csrf_cookie,
+        )
+    {
+        return Err(Denied::Csrf);
+    }
+    Ok(principal)
 }
 
 /// Whether `principal` has one of the route's roles (any-of; none listed = anyone) and all

@@ -23,12 +23,13 @@ use crate::accounts::{
     AccountError, Accounts, Caller, ClientInfo, ProfileChange, Registration, single_issue_kind,
 };
 use crate::auth::password::PasswordError;
+use crate::auth::policy::{self, RequestFacts};
 use crate::auth::{self, Presented, cookie};
 use crate::body::ResBody;
 use crate::config::Config;
 use crate::config::CredentialKind;
 use crate::problem::{ApiError, FieldError, RateLimitInfo};
-use crate::state::RequestCtx;
+use crate::state::{RequestCtx, Snapshot};
 use crate::store::{StoreError, UnixMillis};
 use wire::{
     ApiKeyBody, DeleteAccountBody, LoginBody, PasswordBody, ProfileBody, RefreshBody, RegisterBody,
@@ -109,11 +110,12 @@ pub fn is_own_endpoint(config: &Config, path: &str) -> bool {
 /// Serves one request to the account API or a discovery document.
 pub async fn handle(
     accounts: &Accounts,
-    config: &Config,
+    snapshot: &Snapshot,
     ctx: &RequestCtx,
     path: &str,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
+    let config = &*snapshot.config;
     let prefix = config.accounts.prefix.trim_end_matches('/');
     let sub = path
         .strip_prefix(prefix)
@@ -260,6 +262,10 @@ pub async fn handle(
                 ))
             }
         }
+        (Some("/verify"), _) => {
+            allow(&method, &[Method::GET, Method::HEAD])?;
+            forward_auth(accounts, snapshot, ctx, req.headers()).await
+        }
         (Some(rest), _) if rest.starts_with("/api-keys/") => {
             allow(&method, &[Method::DELETE])?;
             let id = &rest["/api-keys/".len()..];
@@ -270,6 +276,94 @@ pub async fn handle(
             Ok(no_content())
         }
         _ => Err(ApiError::NotFound),
+    }
+}
+
+/// `GET /auth/verify` for nginx `auth_request`, Traefik ForwardAuth and Caddy
+/// `forward_auth`: the decision of the route the original request would match (its method,
+/// host and URI from `X-Forwarded-Method/Host/Uri` or `X-Original-URI`, believed only from
+/// `trusted_proxies`), answered 200 with the identity headers or with the 401/403 problem.
+/// Without a route to go by, a valid credential of any kind is required.
+async fn forward_auth(
+    accounts: &Accounts,
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+) -> Result<Response<ResBody>, ApiError> {
+    let forwarded = |name: &str| {
+        ctx.trusted_peer
+            .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
+            .flatten()
+    };
+    let uri = forwarded("x-forwarded-uri").or_else(|| forwarded("x-original-uri"));
+    // The original request's method: its CSRF check depends on it too.
+    let method = forwarded("x-forwarded-method")
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or(Method::GET);
+    let route = uri.and_then(|uri| {
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+            .unwrap_or("");
+        let path = uri.split(['?', '#']).next().unwrap_or("/");
+        let path = crate::router::normalize_path(path);
+        let index = snapshot
+            .router
+            .find(&crate::router::normalize_host(host), &path, &method)
+            .ok()?;
+        snapshot.routes.get(index).map(|r| &r.config)
+    });
+    let fallback;
+    let route = match route {
+        Some(r) => r,
+        None => {
+            fallback = verify_fallback_route();
+            &fallback
+        }
+    };
+    let facts = RequestFacts {
+        method: &method,
+        headers,
+        scheme: ctx.scheme,
+        trusted_peer: ctx.trusted_peer,
+        session_cookie: &snapshot.session_cookie,
+        csrf_cookie: &snapshot.csrf_cookie,
+    };
+    let principal =
+        policy::authorize(accounts.authenticator(), &snapshot.config, route, &facts).await?;
+    let mut resp = no_content();
+    *resp.status_mut() = StatusCode::OK;
+    principal.write_headers(resp.headers_mut());
+    Ok(resp)
+}
+
+/// The policy `/auth/verify` applies when no route tells: any valid credential.
+fn verify_fallback_route() -> crate::config::RouteConfig {
+    use crate::config::{AuthMode, HostMatch, RouteConfig, UpstreamConfig};
+    RouteConfig {
+        name: "verify".into(),
+        host: HostMatch::Any,
+        path_prefix: "/".into(),
+        methods: Vec::new(),
+        upstream: UpstreamConfig {
+            targets: Vec::new(),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            ca_file: None,
+        },
+        auth: AuthMode::Required,
+        credentials: vec![
+            CredentialKind::ApiKey,
+            CredentialKind::Jwt,
+            CredentialKind::Cookie,
+        ],
+        roles: Vec::new(),
+        scopes: Vec::new(),
+        allow_publishable_keys: false,
+        forward_credentials: false,
+        rate_limit: None,
+        strip_prefix: None,
+        identity_assertion: false,
+        max_body: None,
     }
 }
 
@@ -320,6 +414,7 @@ async fn authenticate(
     now: UnixMillis,
 ) -> Result<Caller, ApiError> {
     let session_cookie = cookie::session_name(&config.cookies);
+    let csrf_cookie = cookie::csrf_name(&config.cookies);
     let all = [
         CredentialKind::ApiKey,
         CredentialKind::Jwt,
@@ -328,33 +423,26 @@ async fn authenticate(
     let presented =
         auth::presented(headers, &session_cookie, &all).ok_or(ApiError::MissingCredentials)?;
     let caller = accounts.authenticate(config, presented, now).await?;
+    let facts = RequestFacts {
+        method,
+        headers,
+        scheme: ctx.scheme,
+        trusted_peer: ctx.trusted_peer,
+        session_cookie: &session_cookie,
+        csrf_cookie: &csrf_cookie,
+    };
     if matches!(presented, Presented::Cookie(_))
         && !method.is_safe()
         && !cookie::csrf_ok(
             headers,
-            addressed_origin(ctx, headers).as_deref(),
+            facts.addressed_origin().as_deref(),
             &config.accounts.allowed_origins,
-            &cookie::csrf_name(&config.cookies),
+            &csrf_cookie,
         )
     {
         return Err(ApiError::CsrfFailed);
     }
     Ok(caller)
-}
-
-/// The origin the client addressed, believing `X-Forwarded-*` only from trusted proxies.
-fn addressed_origin(ctx: &RequestCtx, headers: &HeaderMap) -> Option<String> {
-    let forwarded = |name: &str| {
-        ctx.trusted_peer
-            .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
-            .flatten()
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-    };
-    let scheme = forwarded("x-forwarded-proto").unwrap_or(ctx.scheme);
-    let host = forwarded("x-forwarded-host")
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))?;
-    Some(format!("{scheme}://{host}"))
 }
 
 /// The client's address for rate limits and session records: the TCP peer, or, when the

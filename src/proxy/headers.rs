@@ -25,7 +25,6 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 
 /// Headers the gateway owns towards the upstream: a client may never set them.
 static OWNED: [HeaderName; 8] = [
@@ -107,29 +106,9 @@ pub fn remove_owned(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets the identity headers of `principal`.
+/// Sets the identity headers of `principal` (after [`remove_owned`]).
 pub fn inject_identity(headers: &mut HeaderMap, principal: &Principal) {
-    headers.insert(
-        X_AUTH_METHOD.clone(),
-        HeaderValue::from_static(principal.method.as_str()),
-    );
-    let pairs: [(&str, Option<&str>); 5] = [
-        ("x-user-id", principal.user_id.as_deref()),
-        ("x-user-email", principal.email.as_deref()),
-        ("x-user-name", principal.username.as_deref()),
-        ("x-auth-key-id", principal.key_id.as_deref()),
-        ("x-auth-session-id", principal.session_id.as_deref()),
-    ];
-    for (name, value) in pairs {
-        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    }
-    if !principal.roles.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&principal.roles.join(","))
-    {
-        headers.insert(HeaderName::from_static("x-user-roles"), v);
-    }
+    principal.write_headers(headers);
 }
 
 /// What the gateway knows about the client's connection.

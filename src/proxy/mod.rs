@@ -21,14 +21,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::auth::policy::{self, Denied};
-use crate::auth::{self, AuthError, Authenticator, TokenRules, cookie};
+use crate::auth::policy;
+use crate::auth::{self, Authenticator, cookie};
 use crate::body::ResBody;
-use crate::config::{AuthMode, Config};
-use crate::principal::{AuthMethod, Principal};
 use crate::problem::ApiError;
 use crate::state::{CompiledRoute, RequestCtx, Shared, Snapshot};
-use crate::store::StoreError;
 
 /// Path and query as the upstream sees them: `strip_prefix` removed, never empty.
 fn upstream_path(strip_prefix: Option<&str>, path: &str, query: Option<&str>) -> String {
@@ -50,86 +47,6 @@ fn upstream_path(strip_prefix: Option<&str>, path: &str, query: Option<&str>) ->
     out
 }
 
-/// How a refusal of the route policy is answered (SPEC section 4).
-pub fn denied(d: Denied) -> ApiError {
-    match d {
-        Denied::Missing => ApiError::MissingCredentials,
-        Denied::PublishableKey => ApiError::PublishableKeyNotAllowed,
-        Denied::Forbidden => ApiError::Forbidden,
-        Denied::Invalid(AuthError::InvalidApiKey) => ApiError::InvalidApiKey,
-        Denied::Invalid(AuthError::Token(e)) if e.is_expired() => ApiError::TokenExpired,
-        Denied::Invalid(AuthError::Token(e)) => ApiError::InvalidToken(e.to_string()),
-        Denied::Invalid(AuthError::SessionRevoked) => ApiError::SessionRevoked,
-        Denied::Invalid(AuthError::Store(StoreError::Unavailable(e))) => {
-            ApiError::StoreUnavailable(e)
-        }
-        Denied::Invalid(AuthError::Store(
-            e @ (StoreError::NotFound
-            | StoreError::Conflict { .. }
-            | StoreError::InvalidCursor
-            | StoreError::Internal(_)),
-        )) => ApiError::Internal(e.to_string()),
-    }
-}
-
-/// The origin the client addressed (`scheme://host[:port]`), believing
-/// `X-Forwarded-Proto/Host` only from a trusted proxy.
-fn addressed_origin(ctx: &RequestCtx, headers: &http::HeaderMap) -> Option<String> {
-    let forwarded = |name: &str| {
-        ctx.trusted_peer
-            .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
-            .flatten()
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-    };
-    let scheme = forwarded("x-forwarded-proto").unwrap_or(ctx.scheme);
-    let host = forwarded("x-forwarded-host")
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))?;
-    Some(format!("{scheme}://{host}"))
-}
-
-/// Phases 3 and 4: who the request goes upstream as, or why it does not.
-pub async fn authorize(
-    auth: &Authenticator,
-    config: &Config,
-    snapshot: &Snapshot,
-    ctx: &RequestCtx,
-    route: &CompiledRoute,
-    req: &Request<Incoming>,
-) -> Result<Principal, ApiError> {
-    if route.config.auth == AuthMode::Public {
-        return Ok(Principal::anonymous());
-    }
-    let presented = auth::presented(
-        req.headers(),
-        &snapshot.session_cookie,
-        &route.config.credentials,
-    );
-    let found = match presented {
-        None => None,
-        Some(p) => {
-            let rules = TokenRules {
-                issuer: &config.tokens.issuer,
-                audience: &config.tokens.audience,
-            };
-            Some(auth.authenticate(p, rules, crate::store::unix_now()).await)
-        }
-    };
-    let principal = policy::decide(&route.config, found).map_err(denied)?;
-    if principal.method == AuthMethod::Cookie
-        && !req.method().is_safe()
-        && !cookie::csrf_ok(
-            req.headers(),
-            addressed_origin(ctx, req.headers()).as_deref(),
-            &config.accounts.allowed_origins,
-            &snapshot.csrf_cookie,
-        )
-    {
-        return Err(ApiError::CsrfFailed);
-    }
-    Ok(principal)
-}
-
 /// Handles a request already matched to `route`. `path` is the normalised request path.
 pub async fn handle(
     shared: &Shared,
@@ -140,7 +57,20 @@ pub async fn handle(
     path: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let principal = authorize(auth, &snapshot.config, snapshot, ctx, route, &req).await?;
+    let principal = policy::authorize(
+        auth,
+        &snapshot.config,
+        &route.config,
+        &policy::RequestFacts {
+            method: req.method(),
+            headers: req.headers(),
+            scheme: ctx.scheme,
+            trusted_peer: ctx.trusted_peer,
+            session_cookie: &snapshot.session_cookie,
+            csrf_cookie: &snapshot.csrf_cookie,
+        },
+    )
+    .await?;
 
     if let (Some(limit), Some(len)) = (route.config.max_body, content_length(req.headers()))
         && len > limit

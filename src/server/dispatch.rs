@@ -145,7 +145,7 @@ async fn route_and_serve(
         return Err(ApiError::HeadersTooLarge { limit });
     }
     if endpoints::is_own_endpoint(&snapshot.config, path) {
-        return endpoints::handle(accounts, &snapshot.config, ctx, path, req).await;
+        return endpoints::handle(accounts, snapshot, ctx, path, req).await;
     }
     let raw_host = req
         .headers()

@@ -6,6 +6,7 @@ mod accounts;
 mod architecture;
 mod auth;
 mod check;
+mod forward_auth;
 mod operations;
 mod protocols;
 mod proxy;

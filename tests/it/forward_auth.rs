@@ -103,8 +103,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A peer process, killed on drop.
-struct Peer(Child, tempfile::TempDir);
+/// A peer process, killed on drop; its config directory lives as long as it does.
+struct Peer(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Peer {
     fn drop(&mut self) {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, RateLimitPolicy, RouteConfig, StoreConfig, Target};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::pool::{Endpoint, Pool, Transport};
+use crate::ratelimit::route::{Limiter, RouteLimiters};
 use crate::router::Router;
 use crate::store::{SqliteStore, Store, StoreError};
 use arc_swap::ArcSwap;
@@ -204,6 +205,8 @@ pub struct CompiledRoute {
     pub metrics: RouteMetrics,
     /// The route's own limit, else `rate_limits.default`.
     pub rate_limit: RateLimitPolicy,
+    /// Its limiter (kept across reloads while the route's name and policy stay the same).
+    pub limiter: Arc<Limiter>,
 }
 
 /// Everything derived from one config.
@@ -220,16 +223,32 @@ pub struct Snapshot {
     pub session_cookie: String,
     /// The CSRF cookie's name as browsers send it.
     pub csrf_cookie: String,
+    /// Every route's rate limiter, in route order.
+    pub limiters: RouteLimiters,
 }
 
 impl Snapshot {
-    pub fn build(config: Config, shared: &Shared) -> Snapshot {
+    /// Everything derived from `config`; `previous` (on reload) hands over the rate-limit
+    /// buckets of unchanged routes, so a reload does not give every client a fresh burst.
+    pub fn build(config: Config, shared: &Shared, previous: Option<&Snapshot>) -> Snapshot {
         let router = Router::new(&config.routes);
+        let named = config
+            .routes
+            .iter()
+            .map(|r| (r.name.as_str(), r.rate_limit.as_ref()));
+        let limiters = match previous {
+            Some(prev) => prev.limiters.carry_over(&config.rate_limits.default, named),
+            None => RouteLimiters::new(&config.rate_limits.default, named),
+        };
         let pools = shared.pools_for(&config);
         let routes = config
             .routes
             .iter()
-            .map(|r| CompiledRoute {
+            .enumerate()
+            .map(|(i, r)| CompiledRoute {
+                limiter: limiters.get(i).cloned().unwrap_or_else(|| {
+                    Arc::new(Limiter::new(&config.rate_limits.default, "default"))
+                }),
                 config: r.clone(),
                 upstream: UpstreamSet {
                     targets: r
@@ -263,6 +282,7 @@ impl Snapshot {
         Snapshot {
             router,
             routes,
+            limiters,
             session_cookie: crate::auth::cookie::session_name(&config.cookies),
             csrf_cookie: crate::auth::cookie::csrf_name(&config.cookies),
             unrouted: shared.metrics.route("no_route"),
@@ -288,4 +308,33 @@ pub struct RequestCtx {
     pub started_at: Instant,
     /// Index into `Snapshot::routes` once routed.
     pub route: Option<usize>,
+}
+
+impl RequestCtx {
+    /// The client's address for limits and records: the TCP peer, or, when the peer is a
+    /// trusted proxy, the nearest `X-Forwarded-For` entry that is not one.
+    pub fn real_client_ip(
+        &self,
+        headers: &http::HeaderMap,
+        trusted: &[ipnet::IpNet],
+    ) -> std::net::IpAddr {
+        if !self.trusted_peer {
+            return self.client_ip;
+        }
+        let hops: Vec<std::net::IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        let mut ip = self.client_ip;
+        for hop in hops.into_iter().rev() {
+            ip = hop;
+            if !trusted.iter().any(|n| n.contains(&hop)) {
+                break;
+            }
+        }
+        ip
+    }
 }

@@ -9,7 +9,6 @@
 
 pub mod wire;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -448,22 +447,7 @@ async fn authenticate(
 /// The client's address for rate limits and session records: the TCP peer, or, when the
 /// peer is a trusted proxy, the nearest `X-Forwarded-For` entry that is not one.
 fn client_info(config: &Config, ctx: &RequestCtx, headers: &HeaderMap) -> ClientInfo {
-    let mut ip = ctx.client_ip;
-    if ctx.trusted_peer {
-        let hops: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
-        for hop in hops.into_iter().rev() {
-            ip = hop;
-            if !config.trusted_proxies.iter().any(|n| n.contains(&hop)) {
-                break;
-            }
-        }
-    }
+    let ip = ctx.real_client_ip(headers, &config.trusted_proxies);
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())

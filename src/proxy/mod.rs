@@ -4,7 +4,9 @@
 //!    cache (`auth`); `public` routes skip this;
 //! 4. policy: `public` / `optional` / `required`, roles, scopes, publishable keys, and the
 //!    CSRF check of cookie-authenticated unsafe requests;
-//! 5. rate limit: not enforced yet;
+//! 5. rate limit: the route's GCRA limiter (its own `rate_limit`, else the default policy),
+//!    keyed by credential, user or client IP; 429 with `Retry-After`, and the `RateLimit-*`
+//!    headers on every answer of the route;
 //! 6. headers: hop-by-hop removal, owned-header deletion, credential removal (unless
 //!    `forward_credentials`), identity injection, `X-Forwarded-*`, `strip_prefix`;
 //! 7. upstream: pick a target, forward, stream the answer back (WebSocket upgrades spliced).
@@ -24,7 +26,10 @@ use hyper_util::rt::TokioIo;
 use crate::auth::policy;
 use crate::auth::{self, Authenticator, cookie};
 use crate::body::ResBody;
-use crate::problem::ApiError;
+use crate::config::LimitKey;
+use crate::principal::Principal;
+use crate::problem::{ApiError, RATELIMIT, RATELIMIT_POLICY, RateLimitInfo};
+use crate::ratelimit::route::{RateDecision, key_of};
 use crate::state::{CompiledRoute, RequestCtx, Shared, Snapshot};
 
 /// Path and query as the upstream sees them: `strip_prefix` removed, never empty.
@@ -71,6 +76,7 @@ pub async fn handle(
         },
     )
     .await?;
+    let rate_headers = rate_limit(ctx, route, &principal, req.headers(), snapshot)?;
 
     if let (Some(limit), Some(len)) = (route.config.max_body, content_length(req.headers()))
         && len > limit
@@ -158,7 +164,50 @@ pub async fn handle(
             }
         }
     }
-    Ok(resp.map(ResBody::Upstream))
+    let mut resp = resp.map(ResBody::Upstream);
+    let (policy, state) = rate_headers;
+    resp.headers_mut().insert(RATELIMIT_POLICY.clone(), policy);
+    resp.headers_mut().insert(RATELIMIT.clone(), state);
+    Ok(resp)
+}
+
+/// Phase 5: counts the request against the route's limiter; the `RateLimit-Policy` and
+/// `RateLimit` values to send back when it may go on.
+fn rate_limit(
+    ctx: &RequestCtx,
+    route: &CompiledRoute,
+    principal: &Principal,
+    headers: &http::HeaderMap,
+    snapshot: &Snapshot,
+) -> Result<(HeaderValue, HeaderValue), ApiError> {
+    let limiter = &route.limiter;
+    let ip = || ctx.real_client_ip(headers, &snapshot.config.trusted_proxies);
+    // Anonymous callers (and, for `user`, app principals) fall back to their address.
+    let key = match limiter.key_kind() {
+        LimitKey::Credential => {
+            match (&principal.key_id, &principal.session_id, &principal.user_id) {
+                (Some(k), _, _) => key_of(&("k", k)),
+                (None, Some(s), _) => key_of(&("s", s)),
+                (None, None, Some(u)) => key_of(&("u", u)),
+                (None, None, None) => key_of(&ip()),
+            }
+        }
+        LimitKey::User => match &principal.user_id {
+            Some(u) => key_of(&("u", u)),
+            None => key_of(&ip()),
+        },
+        LimitKey::Ip => key_of(&ip()),
+    };
+    let decision = limiter.check(key);
+    match decision {
+        RateDecision::Allowed { .. } => Ok(limiter.headers(&decision)),
+        RateDecision::Limited { retry_after_secs } => Err(ApiError::RateLimited(RateLimitInfo {
+            policy: limiter.name().to_owned(),
+            quota: route.rate_limit.requests,
+            window_secs: route.rate_limit.per.as_millis().div_ceil(1000).max(1) as u64,
+            retry_after_secs,
+        })),
+    }
 }
 
 /// The credentials Gatehouse reads (`X-API-Key`, a bearer token, the session and CSRF

@@ -73,7 +73,9 @@ impl Gateway {
         let accounts =
             Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
-        let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &shared)));
+        let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+            config, &shared, None,
+        )));
         Ok(Gateway {
             shared,
             accounts,
@@ -174,6 +176,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         gateway.live.clone(),
     ));
     tokio::spawn(purge_expired(gateway.shared.store.clone()));
+    tokio::spawn(maintenance(gateway.accounts.clone(), gateway.live.clone()));
 
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
@@ -232,6 +235,22 @@ async fn purge_expired(store: Arc<dyn crate::store::Store>) {
             Err(e) => {
                 tracing::warn!(target: "gatehouse::store", error = %e, "cannot purge expired records")
             }
+        }
+    }
+}
+
+/// How often idle rate-limit buckets are dropped and API key uses written to the store.
+const MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn maintenance(accounts: Arc<Accounts>, live: LiveSnapshot) {
+    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        live.load().limiters.housekeeping();
+        // `last_used_at` is batched here rather than written on every request.
+        if let Err(e) = accounts.authenticator().cache().flush_api_key_uses().await {
+            tracing::warn!(target: "gatehouse::store", error = %e, "cannot record API key uses; will retry");
         }
     }
 }

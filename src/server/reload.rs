@@ -28,7 +28,8 @@ pub fn reload(shared: &Shared, live: &LiveSnapshot, path: &Path) -> Result<(), C
                 tracing::warn!(target: "gatehouse::reload", "tls settings changed; they take effect after a restart");
             }
             let routes = new.routes.len();
-            live.store(Arc::new(Snapshot::build(new, shared)));
+            let previous = live.load_full();
+            live.store(Arc::new(Snapshot::build(new, shared, Some(&previous))));
             shared.metrics.reload(ReloadResult::success);
             tracing::info!(target: "gatehouse::reload", routes, "configuration reloaded");
             Ok(())

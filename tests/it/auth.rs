@@ -586,3 +586,44 @@ async fn cookie_sessions_with_csrf() {
     .await;
     assert_eq!((a.status, code(&a).as_str()), (401, "invalid_token"));
 }
+
+#[tokio::test]
+async fn route_rate_limits_by_user_with_ietf_headers() {
+    let echo = Echo::start();
+    let up = echo.url();
+    let gw = Gateway::start(&format!(
+        r#"
+rate_limits: {{ default: {{ requests: 1000, per: 1s }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: /api }}, upstream: {{ targets: ["{up}"] }}, auth: required, rate_limit: {{ requests: 10, per: 1m, key: user }} }}
+  - {{ name: open, match: {{ path_prefix: /open }}, upstream: {{ targets: ["{up}"] }}, auth: public }}
+"#
+    ));
+    let a = register(&gw, "rl1@example.com").await;
+    let b = register(&gw, "rl2@example.com").await;
+    let bearer_a = format!("Bearer {}", a["access_token"].as_str().unwrap());
+    let bearer_b = format!("Bearer {}", b["access_token"].as_str().unwrap());
+    for i in 0..10 {
+        let r = call(&gw, "GET", "/api", &[("authorization", &bearer_a)]).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.headers["ratelimit-policy"], "\"api\";q=10;w=60");
+        let state = r.headers["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            state.starts_with(&format!("\"api\";r={};t=", 9 - i)),
+            "{state}"
+        );
+    }
+    let r = call(&gw, "GET", "/api", &[("authorization", &bearer_a)]).await;
+    assert_eq!((r.status, code(&r).as_str()), (429, "rate_limited"));
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=6).contains(&retry), "{retry}");
+    assert_eq!(
+        r.headers["ratelimit"],
+        format!("\"api\";r=0;t={retry}").as_str()
+    );
+    // Another user has a budget of their own; the default policy covers the public route.
+    let r = call(&gw, "GET", "/api", &[("authorization", &bearer_b)]).await;
+    assert_eq!(r.status, 200);
+    let r = call(&gw, "GET", "/open", &[]).await;
+    assert_eq!(r.headers["ratelimit-policy"], "\"default\";q=1000;w=1");
+}

@@ -45,12 +45,14 @@ async fn admin_listener_serves_health_readiness_and_metrics_only() {
 async fn reload_under_steady_traffic_drops_nothing_and_bad_configs_are_refused() {
     let a = upstream::named("a").await;
     let b = upstream::named("b").await;
+    // Steady traffic from one address: far above the default rate limit, which is not what
+    // this test is about.
     let one = format!(
-        "routes:\n{}",
+        "rate_limits: {{ default: {{ requests: 1000000, per: 1s }} }}\nroutes:\n{}",
         support::route("main", "/", &format!("\"http://{a}\""))
     );
     let two = format!(
-        "routes:\n{}{}",
+        "rate_limits: {{ default: {{ requests: 1000000, per: 1s }} }}\nroutes:\n{}{}",
         support::route("main", "/", &format!("\"http://{a}\"")),
         support::route("new", "/new", &format!("\"http://{b}\""))
     );

@@ -22,7 +22,7 @@
 //! longer than that to refill is cut down to what refills in 100 years (stricter, not looser).
 
 use std::cell::Cell;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -68,16 +68,18 @@ pub fn key_of<T: Hash + ?Sized>(value: &T) -> u64 {
     KEY_HASH.hash_one(value)
 }
 
-/// Hashing of keys in the state map. Keys are already uniform (from [`key_of`]), so a
-/// multiply spreads them over the map's shards and control bytes without a second SipHash;
-/// the multiply also spreads keys that are not (small integers) over the high bits the map
-/// uses.
+/// Hashing of keys in the state map. Keys are already uniform and unpredictable (from
+/// [`key_of`]), so a multiply spreads them over the map's shards and control bytes without a
+/// second SipHash (measured: cheaper per check than the stock SipHash map at 8k and 131k
+/// keys, though this one also takes the state snapshot). The multiply
+/// also spreads keys that are not uniform (small integers), but only `key_of` makes them
+/// unpredictable: raw client-chosen values (an IPv6 address as bits) could be aimed at one
+/// shard.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PreHashed;
+struct PreHashed;
 
-/// The hasher of [`PreHashed`].
 #[derive(Debug, Default)]
-pub struct PreHashedHasher(u64);
+struct PreHashedHasher(u64);
 
 impl BuildHasher for PreHashed {
     type Hasher = PreHashedHasher;
@@ -126,8 +128,8 @@ impl RateDecision {
     }
 }
 
-/// One route's (or the default policy's) limit: GCRA per key over `u64` keys from
-/// [`key_of`]. Share it behind an `Arc`; every method takes `&self`.
+/// One route's (or the default policy's) limit: GCRA per key over `u64` keys, which must come
+/// from [`key_of`]. Share it behind an `Arc`; every method takes `&self`.
 pub struct RouteLimiter<C: Clock = DefaultClock> {
     name: String,
     /// As configured (before the clamps of the module docs).
@@ -265,7 +267,11 @@ impl<C: Clock> RouteLimiter<C> {
             } => (remaining, reset_secs),
             RateDecision::Limited { retry_after_secs } => (0, retry_after_secs),
         };
-        let value = header_value(format!("{}{r};t={t}", self.item_prefix));
+        // Sized up front (format! would start empty and grow three times): 20 digits each.
+        let mut value = String::with_capacity(self.item_prefix.len() + 43);
+        value.push_str(&self.item_prefix);
+        let _ = write!(value, "{r};t={t}"); // writing to a String cannot fail
+        let value = header_value(value);
         (self.policy_header.clone(), value)
     }
 

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What authentication costs on the proxy path: the same upstream through a public route
+# (no auth), an API-key route (cache hit) and a JWT route (verified-token cache hit), measured
+# interleaved in one run and reported as ratios against the public route.
+#
+#   benches/auth-load.sh [--duration 10s] [--reps 3] [--connections 64] [--no-build]
+#
+# Gatehouse and the echo upstream are pinned to SERVER_CPUS (default 1), wrk to LOADGEN_CPUS
+# (default 0). Targets (issue 4): API key >= 95% and cached JWT >= 90% of the public route.
+# Needs: wrk, curl, taskset, cargo.
+set -euo pipefail
+
+DURATION=10s REPS=3 CONNS=64 BUILD=1
+LOADGEN_CPUS=${LOADGEN_CPUS:-0}
+SERVER_CPUS=${SERVER_CPUS:-1}
+die() { echo "auth-load.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --duration) DURATION=${2:?}; shift 2 ;;
+    --reps) REPS=${2:?}; shift 2 ;;
+    --connections|-c) CONNS=${2:?}; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    *) die "unknown argument '$1'" ;;
+  esac
+done
+DUR_S=${DURATION%s}
+[[ $DUR_S =~ ^[0-9]+$ ]] && [ "$DUR_S" -ge 1 ] && [ "$DUR_S" -le 600 ] || die "--duration must be 1s..600s"
+[[ $REPS =~ ^[0-9]+$ ]] && [ "$REPS" -ge 1 ] && [ "$REPS" -le 20 ] || die "--reps must be 1..20"
+command -v wrk >/dev/null || die "wrk not found"
+
+HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
+if [ -n "${GATEHOUSE_BIN:-}" ]; then BIN=$GATEHOUSE_BIN; else
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/gatehouse
+  [ "$BUILD" = 1 ] && { (cd "$ROOT" && cargo build --release --quiet --bin gatehouse) || die "build failed"; }
+fi
+[ -x "$BIN" ] || die "no binary at $BIN"
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  PIN_SRV=(taskset -c "$SERVER_CPUS") PIN_GEN=(taskset -c "$LOADGEN_CPUS")
+else PIN_SRV=() PIN_GEN=(); fi
+
+WORK=$(mktemp -d -t gatehouse-auth.XXXXXX); PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() { local p; for _ in $(seq 1 200); do p=$(( 20000 + RANDOM % 30000 )); port_open "$p" || { echo "$p"; return; }; done; die "no free port"; }
+start() { local name=$1 port=$2; shift 2; "${PIN_SRV[@]}" "$@" >"$WORK/$name.log" 2>&1 </dev/null & PIDS+=("$!")
+  for _ in $(seq 1 150); do port_open "$port" && return 0; sleep 0.1; done; cat "$WORK/$name.log" >&2; die "$name did not start"; }
+
+UP=$(free_port); GH=$(free_port); ADM=$(free_port)
+start upstream "$UP" "$BIN" echo --listen "127.0.0.1:$UP"
+export GATEHOUSE_BENCH_PORT=$GH GATEHOUSE_BENCH_ADMIN_PORT=$ADM GATEHOUSE_BENCH_UPSTREAM_PORT=$UP GATEHOUSE_BENCH_DIR=$WORK
+start gatehouse "$GH" "$BIN" serve --config "$HERE/auth-bench.yaml"
+BASE=http://127.0.0.1:$GH
+curl -sf "$BASE/auth/register" -H 'content-type: application/json' \
+  -d '{"email":"bench@example.com","password":"bench-password-123"}' >"$WORK/reg.json" || die "register failed"
+TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' "$WORK/reg.json")
+curl -sf "$BASE/auth/api-keys" -H 'content-type: application/json' -H "authorization: Bearer $TOKEN" \
+  -d '{"name":"bench"}' >"$WORK/key.json" || die "api key failed"
+KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$WORK/key.json")
+
+run() { # row -> "rps p99_us non2xx"
+  local row=$1 hdr=()
+  case $row in key) hdr=(-H "X-API-Key: $KEY") ;; jwt) hdr=(-H "Authorization: Bearer $TOKEN") ;; esac
+  timeout $(( DUR_S + 30 )) "${PIN_GEN[@]}" wrk -t1 -c"$CONNS" -d"$DUR_S"s --latency "${hdr[@]}" \
+    -s "$HERE/wrk-report.lua" "$BASE/$row" >"$WORK/$row.out" 2>&1 || true
+  awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    printf "%.0f %d %d\n", v["requests"] / (v["duration_us"] / 1e6), v["p99_us"], v["err_status"] + v["err_connect"] + v["err_timeout"] }' "$WORK/$row.out"
+}
+ROWS=(plain key jwt)
+declare -A RPS P99
+for r in "${ROWS[@]}"; do run "$r" >/dev/null; done  # warm-up
+for rep in $(seq 1 "$REPS"); do
+  order=("${ROWS[@]}"); [ $(( rep % 2 )) = 0 ] && order=(jwt key plain)
+  for r in "${order[@]}"; do
+    read -r rps p99 errs < <(run "$r")
+    [ "$errs" = 0 ] || echo "auth-load.sh: $errs failed requests on $r" >&2
+    RPS[$r]+="$rps "; P99[$r]+="$p99 "
+    echo "rep $rep $r: $rps req/s p99 $p99 us" >&2
+  done
+done
+median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {printf "%.0f", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+base=$(median "${RPS[plain]}")
+echo
+echo "Gatehouse on cpu(s) $SERVER_CPUS, wrk -c$CONNS on $LOADGEN_CPUS; $REPS reps of ${DUR_S}s, medians"
+printf '%-22s %10s %10s %12s\n' row "req/s" "p99 us" "vs public"
+for r in "${ROWS[@]}"; do
+  m=$(median "${RPS[$r]}"); p=$(median "${P99[$r]}")
+  label=$r; case $r in plain) label="public (no auth)";; key) label="API key (cache hit)";; jwt) label="JWT (cache hit)";; esac
+  awk -v l="$label" -v m="$m" -v p="$p" -v b="$base" 'BEGIN { printf "%-22s %10d %10d %11.2fx\n", l, m, p, m / b }'
+done

@@ -150,6 +150,28 @@ pub struct NewApiKey {
     pub expires_at: Option<UnixMillis>,
 }
 
+/// `POST /auth/admin/users`'s input.
+#[derive(Debug, Clone)]
+pub struct PartnerUser {
+    pub email: String,
+    pub external_id: Option<String>,
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+}
+
+/// What partner registration did.
+#[derive(Debug)]
+pub enum PartnerOutcome {
+    /// A new user and its key (the plain key, shown once).
+    Created {
+        user: User,
+        key: ApiKey,
+        plain: String,
+    },
+    /// The `external_id` was known: that user, no new key.
+    Existing(User),
+}
+
 /// How a password login names the account.
 #[derive(Debug, Clone)]
 pub enum LoginId {
@@ -729,6 +751,112 @@ impl Accounts {
         // Immediately on this replica (SPEC section 3).
         self.auth.cache().evict_session(sid).await;
         result
+    }
+
+    // ---- partner registration (admin) ----
+
+    /// Whether the caller may use `/auth/admin/...`: the `admin` role, and when the
+    /// credential carries scopes (an API key with scopes, a token with `scope`), the `admin`
+    /// scope among them (SPEC section 5).
+    pub fn is_admin(caller: &Caller) -> bool {
+        caller.user.roles.iter().any(|r| r == "admin")
+            && caller
+                .principal
+                .scopes
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|x| x == "admin"))
+    }
+
+    /// `POST /auth/admin/users`: creates a user (no password) with a secret API key,
+    /// idempotent on `external_id`: the same id again returns the existing user and no key.
+    pub async fn partner_register(
+        &self,
+        input: PartnerUser,
+        now: UnixMillis,
+    ) -> Result<PartnerOutcome, AccountError> {
+        let mut issues = Vec::new();
+        validate::email(&input.email, &mut issues);
+        if let Some(n) = &input.name {
+            validate::name(n, &mut issues);
+        }
+        if input
+            .external_id
+            .as_ref()
+            .is_some_and(|e| e.is_empty() || e.len() > 255 || e.chars().any(char::is_control))
+        {
+            issues.push(FieldIssue::invalid(
+                "external_id",
+                "must be 1 to 255 characters without control characters",
+            ));
+        }
+        if input.roles.iter().any(|r| !valid_role(r)) {
+            issues.push(FieldIssue::invalid(
+                "roles",
+                "contains an invalid role name",
+            ));
+        }
+        if !issues.is_empty() {
+            return Err(AccountError::Invalid(issues));
+        }
+        if let Some(ext) = &input.external_id
+            && let Some(existing) = self.store.get_user_by_external_id(ext).await?
+        {
+            return Ok(PartnerOutcome::Existing(existing));
+        }
+        let user = User {
+            id: new_id(),
+            email: Some(input.email.trim().to_owned()),
+            username: None,
+            name: input.name,
+            external_id: input.external_id.clone(),
+            email_verified: false,
+            roles: if input.roles.is_empty() {
+                vec!["user".into()]
+            } else {
+                input.roles
+            },
+            disabled: false,
+            password_hash: None,
+            mfa: None,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.store.create_user(&user).await {
+            Ok(()) => {}
+            // Two concurrent registrations with one external id: the loser answers like a
+            // repeat.
+            Err(StoreError::Conflict {
+                field: ConflictField::ExternalId,
+            }) => {
+                if let Some(ext) = &input.external_id
+                    && let Some(existing) = self.store.get_user_by_external_id(ext).await?
+                {
+                    return Ok(PartnerOutcome::Existing(existing));
+                }
+                return Err(AccountError::Taken(ConflictField::ExternalId));
+            }
+            Err(StoreError::Conflict { field }) => return Err(AccountError::Taken(field)),
+            Err(e) => return Err(e.into()),
+        }
+        let user = self.store.get_user(&user.id).await?.unwrap_or(user);
+        let (key, plain) = self
+            .create_api_key(
+                &user,
+                NewApiKey {
+                    name: "partner".into(),
+                    kind: ApiKeyKind::Secret,
+                    scopes: None,
+                    expires_at: None,
+                },
+                now,
+            )
+            .await?;
+        Ok(PartnerOutcome::Created { user, key, plain })
+    }
+
+    /// A user by id (admin endpoints).
+    pub async fn user_by_id(&self, id: &str) -> Result<User, AccountError> {
+        self.store.get_user(id).await?.ok_or(AccountError::NotFound)
     }
 
     // ---- API keys ----

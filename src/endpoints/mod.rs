@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 
 use crate::accounts::validate::IssueKind;
 use crate::accounts::{
-    AccountError, Accounts, Caller, ClientInfo, ProfileChange, Registration, single_issue_kind,
+    AccountError, Accounts, Caller, ClientInfo, PartnerOutcome, ProfileChange, Registration,
+    single_issue_kind,
 };
 use crate::auth::password::PasswordError;
 use crate::auth::policy::{self, RequestFacts};
@@ -31,8 +32,8 @@ use crate::problem::{ApiError, FieldError, RateLimitInfo};
 use crate::state::{RequestCtx, Snapshot};
 use crate::store::{StoreError, UnixMillis};
 use wire::{
-    ApiKeyBody, DeleteAccountBody, LoginBody, PasswordBody, ProfileBody, RefreshBody, RegisterBody,
-    created_key_view, key_view, token_answer, user_view,
+    ApiKeyBody, DeleteAccountBody, LoginBody, PartnerBody, PasswordBody, ProfileBody, RefreshBody,
+    RegisterBody, created_key_view, key_view, token_answer, user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
@@ -261,6 +262,44 @@ pub async fn handle(
                 ))
             }
         }
+        (Some("/admin/users"), _) => {
+            allow(&method, &[Method::POST])?;
+            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            require_admin(&caller)?;
+            let body: PartnerBody = read_json(req).await?;
+            let input = body.into_input()?;
+            match accounts.partner_register(input, now).await? {
+                PartnerOutcome::Created { user, key, plain } => Ok(json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({
+                        "user": user_view(&user),
+                        "api_key": created_key_view(&key, &plain),
+                        "created": true,
+                    }),
+                    true,
+                )),
+                PartnerOutcome::Existing(user) => Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "user": user_view(&user), "created": false }),
+                    true,
+                )),
+            }
+        }
+        (Some(rest), _) if rest.starts_with("/admin/users/") && rest.ends_with("/api-keys") => {
+            allow(&method, &[Method::POST])?;
+            let id = &rest["/admin/users/".len()..rest.len() - "/api-keys".len()];
+            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            require_admin(&caller)?;
+            let owner = accounts.user_by_id(id).await?;
+            let body: ApiKeyBody = read_json(req).await?;
+            let input = body.into_input()?;
+            let (key, plain) = accounts.create_api_key(&owner, input, now).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &created_key_view(&key, &plain),
+                true,
+            ))
+        }
         (Some("/verify"), _) => {
             allow(&method, &[Method::GET, Method::HEAD])?;
             forward_auth(accounts, snapshot, ctx, req.headers()).await
@@ -275,6 +314,14 @@ pub async fn handle(
             Ok(no_content())
         }
         _ => Err(ApiError::NotFound),
+    }
+}
+
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if Accounts::is_admin(caller) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
     }
 }
 

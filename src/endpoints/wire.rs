@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::accounts::{Issued, LoginId, NewApiKey};
+use crate::accounts::{Issued, LoginId, NewApiKey, PartnerUser};
 use crate::problem::{ApiError, FieldError};
 use crate::store::{ApiKey, ApiKeyKind, UnixMillis, User};
 
@@ -119,6 +119,30 @@ impl ApiKeyBody {
             kind,
             scopes: self.scopes,
             expires_at,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PartnerBody {
+    pub email: Option<String>,
+    pub external_id: Option<String>,
+    pub name: Option<String>,
+    pub roles: Option<Vec<String>>,
+}
+
+impl PartnerBody {
+    pub fn into_input(self) -> Result<PartnerUser, ApiError> {
+        let Some(email) = self.email.filter(|e| !e.trim().is_empty()) else {
+            return Err(ApiError::ValidationFailed {
+                errors: vec![FieldError::new("email", "is required")],
+            });
+        };
+        Ok(PartnerUser {
+            email,
+            external_id: self.external_id,
+            name: self.name,
+            roles: self.roles.unwrap_or_default(),
         })
     }
 }

@@ -71,10 +71,9 @@ pub fn key_of<T: Hash + ?Sized>(value: &T) -> u64 {
 /// Hashing of keys in the state map. Keys are already uniform and unpredictable (from
 /// [`key_of`]), so a multiply spreads them over the map's shards and control bytes without a
 /// second SipHash (measured: cheaper per check than the stock SipHash map at 8k and 131k
-/// keys, though this one also takes the state snapshot). The multiply
-/// also spreads keys that are not uniform (small integers), but only `key_of` makes them
-/// unpredictable: raw client-chosen values (an IPv6 address as bits) could be aimed at one
-/// shard.
+/// keys, though this one also takes the state snapshot). The multiply also spreads keys that
+/// are not uniform (small integers), but only `key_of` makes them unpredictable: raw
+/// client-chosen values (an IPv6 address as bits) could be aimed at one shard.
 #[derive(Debug, Clone, Copy, Default)]
 struct PreHashed;
 

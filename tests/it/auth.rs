@@ -627,3 +627,117 @@ routes:
     let r = call(&gw, "GET", "/open", &[]).await;
     assert_eq!(r.headers["ratelimit-policy"], "\"default\";q=1000;w=1");
 }
+
+#[tokio::test]
+async fn partner_registration_is_admin_only_and_idempotent() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let (code_, out, err) = gw.cli(
+        &[
+            "users",
+            "create",
+            "--email",
+            "root@example.com",
+            "--roles",
+            "admin",
+        ],
+        "",
+    );
+    assert_eq!(code_, 0, "{err}");
+    let admin_password = serde_json::from_str::<Value>(out.trim()).unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = send_json(
+        "POST",
+        &gw.url("/auth/login"),
+        None,
+        &json!({"email": "root@example.com", "password": admin_password}),
+    )
+    .await;
+    let admin = a.json()["access_token"].as_str().unwrap().to_owned();
+    let user = register(&gw, "plain@example.com").await;
+    let plain = user["access_token"].as_str().unwrap().to_owned();
+
+    let body = json!({"email": "partner-user@example.com", "external_id": "crm-42", "name": "P"});
+    let a = send_json("POST", &gw.url("/auth/admin/users"), Some(&plain), &body).await;
+    assert_eq!((a.status, code(&a).as_str()), (403, "forbidden"));
+
+    let a = send_json("POST", &gw.url("/auth/admin/users"), Some(&admin), &body).await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let created = a.json();
+    assert_eq!(created["created"], true);
+    assert_eq!(created["user"]["email"], "partner-user@example.com");
+    let key = created["api_key"]["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk_"));
+    // The key works on the proxy path as the new user.
+    let r = call(&gw, "GET", "/req", &[("x-api-key", &key)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.seen("x-user-id").as_deref(),
+        created["user"]["id"].as_str()
+    );
+
+    // Same external id again: the same user, no new key.
+    let a = send_json("POST", &gw.url("/auth/admin/users"), Some(&admin), &body).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.json()["created"], false);
+    assert_eq!(a.json()["user"]["id"], created["user"]["id"]);
+    assert!(a.json().get("api_key").is_none());
+
+    // Another key for that user, issued by the admin; an unknown user is 404.
+    let id = created["user"]["id"].as_str().unwrap();
+    let a = send_json(
+        "POST",
+        &gw.url(&format!("/auth/admin/users/{id}/api-keys")),
+        Some(&admin),
+        &json!({"name": "second", "scopes": ["orders:read"]}),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(a.json()["scopes"], json!(["orders:read"]));
+    let a = send_json(
+        "POST",
+        &gw.url("/auth/admin/users/00000000-0000-4000-8000-000000000000/api-keys"),
+        Some(&admin),
+        &json!({"name": "x"}),
+    )
+    .await;
+    assert_eq!((a.status, code(&a).as_str()), (404, "not_found"));
+
+    // An admin's key scoped without `admin` cannot act as admin; with it, it can.
+    let narrow = new_key(&gw, &admin, json!({"name": "n", "scopes": ["orders:read"]}))
+        .await
+        .json();
+    let a = call(
+        &gw,
+        "POST",
+        "/auth/admin/users",
+        &[("x-api-key", narrow["key"].as_str().unwrap())],
+    )
+    .await;
+    assert_eq!((a.status, code(&a).as_str()), (403, "forbidden"));
+    let wide = new_key(&gw, &admin, json!({"name": "w", "scopes": ["admin"]}))
+        .await
+        .json();
+    let a = send(
+        "POST",
+        &gw.url("/auth/admin/users"),
+        &[
+            ("x-api-key", wide["key"].as_str().unwrap()),
+            ("content-type", "application/json"),
+        ],
+        crate::support::full(json!({"email": "p2@example.com"}).to_string()),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    // A taken email is a conflict.
+    let a = send_json(
+        "POST",
+        &gw.url("/auth/admin/users"),
+        Some(&admin),
+        &json!({"email": "plain@example.com"}),
+    )
+    .await;
+    assert_eq!((a.status, code(&a).as_str()), (409, "already_exists"));
+}

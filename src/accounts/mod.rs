@@ -165,7 +165,7 @@ pub enum PartnerOutcome {
     /// A new user and its key (the plain key, shown once).
     Created {
         user: User,
-        key: ApiKey,
+        key: Box<ApiKey>,
         plain: String,
     },
     /// The `external_id` was known: that user, no new key.
@@ -851,7 +851,11 @@ impl Accounts {
                 now,
             )
             .await?;
-        Ok(PartnerOutcome::Created { user, key, plain })
+        Ok(PartnerOutcome::Created {
+            user,
+            key: Box::new(key),
+            plain,
+        })
     }
 
     /// A user by id (admin endpoints).

@@ -68,6 +68,28 @@ pub enum UsersCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    /// Issue an API key for a user; prints it as JSON (`key` shown once).
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The owner: a user id or an email.
+        #[arg(long)]
+        user: String,
+        /// `secret` (default) or `publishable`.
+        #[arg(long, default_value = "secret")]
+        kind: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Comma-separated scopes (default: the owner's full rights).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+    },
+    /// Revoke an API key by id.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+    },
     /// Make a new token-signing key current; the previous one keeps verifying until the
     /// longest token it signed has expired.
     RotateSigning {
@@ -179,7 +201,9 @@ impl StoreCommand {
         match self {
             StoreCommand::Users(UsersCommand::Create { config, .. })
             | StoreCommand::Users(UsersCommand::List { config })
-            | StoreCommand::Keys(KeysCommand::RotateSigning { config }) => config,
+            | StoreCommand::Keys(KeysCommand::RotateSigning { config })
+            | StoreCommand::Keys(KeysCommand::Create { config, .. })
+            | StoreCommand::Keys(KeysCommand::Revoke { config, .. }) => config,
         }
     }
 }
@@ -274,6 +298,42 @@ async fn run_store_command(cfg: &config::Config, cmd: StoreCommand) -> Result<St
             let users = accounts.all_users().await.map_err(describe)?;
             let views: Vec<_> = users.iter().map(user_view).collect();
             Ok(serde_json::json!({ "users": views }).to_string())
+        }
+        StoreCommand::Keys(KeysCommand::Create {
+            user,
+            kind,
+            name,
+            scopes,
+            ..
+        }) => {
+            let kind = crate::store::ApiKeyKind::parse(&kind)
+                .ok_or_else(|| format!("--kind must be secret or publishable, not {kind:?}"))?;
+            let owner = accounts
+                .user_by_id_or_email(&user)
+                .await
+                .map_err(describe)?;
+            let (key, plain) = accounts
+                .create_api_key(
+                    &owner,
+                    crate::accounts::NewApiKey {
+                        name,
+                        kind,
+                        scopes,
+                        expires_at: None,
+                    },
+                    unix_now(),
+                )
+                .await
+                .map_err(describe)?;
+            serde_json::to_string(&crate::endpoints::wire::created_key_view(&key, &plain))
+                .map_err(|e| e.to_string())
+        }
+        StoreCommand::Keys(KeysCommand::Revoke { id, .. }) => {
+            accounts
+                .revoke_api_key(None, &id, unix_now())
+                .await
+                .map_err(describe)?;
+            Ok(serde_json::json!({ "revoked": id }).to_string())
         }
         StoreCommand::Keys(KeysCommand::RotateSigning { .. }) => {
             let key = accounts

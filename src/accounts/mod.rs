@@ -858,6 +858,16 @@ impl Accounts {
         })
     }
 
+    /// A user by id or, when the text has an `@`, by email (the CLI's `--user`).
+    pub async fn user_by_id_or_email(&self, id_or_email: &str) -> Result<User, AccountError> {
+        let found = if id_or_email.contains('@') {
+            self.store.get_user_by_email(id_or_email).await?
+        } else {
+            self.store.get_user(id_or_email).await?
+        };
+        found.ok_or(AccountError::NotFound)
+    }
+
     /// A user by id (admin endpoints).
     pub async fn user_by_id(&self, id: &str) -> Result<User, AccountError> {
         self.store.get_user(id).await?.ok_or(AccountError::NotFound)

@@ -656,6 +656,52 @@ async fn cli_creates_and_lists_users() {
     assert_eq!(code, 1);
     assert!(err.contains("password"), "{err}");
 
+    // API keys from the command line: issued for a user by email, then revoked by id.
+    let (code, out, err) = gw.cli(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "ops@example.com",
+            "--name",
+            "deploy",
+            "--scopes",
+            "a,b",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let key: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(key["key"].as_str().unwrap().starts_with("sk_"));
+    assert_eq!(key["scopes"], json!(["a", "b"]));
+    let a = crate::support::send(
+        "GET",
+        &gw.url("/auth/me"),
+        &[("x-api-key", key["key"].as_str().unwrap())],
+        crate::support::empty(),
+    )
+    .await;
+    assert_eq!(a.json()["email"], "ops@example.com");
+    let (code, _, err) = gw.cli(&["keys", "revoke", key["id"].as_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    // Another process revoked it: the listing (read from the store) shows it revoked; the
+    // proxy path's cache drops it within `cache.ttl`.
+    let ops = login(&gw, "ops@example.com", "typed-in-password-1")
+        .await
+        .json();
+    let listed = send_json(
+        "GET",
+        &gw.url("/auth/api-keys"),
+        ops["access_token"].as_str(),
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert!(listed["api_keys"][0]["revoked_at"].is_string(), "{listed}");
+    let (code, _, err) = gw.cli(&["keys", "create", "--user", "nobody@example.com"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+
     let (code, out, err) = gw.cli(&["users", "list"], "");
     assert_eq!(code, 0, "{err}");
     let listed: Value = serde_json::from_str(out.trim()).unwrap();

@@ -285,9 +285,18 @@ pub async fn handle(
                 )),
             }
         }
-        (Some(rest), _) if rest.starts_with("/admin/users/") && rest.ends_with("/api-keys") => {
+        (Some(rest), _)
+            if rest
+                .strip_prefix("/admin/users/")
+                .and_then(|r| r.strip_suffix("/api-keys"))
+                .is_some() =>
+        {
             allow(&method, &[Method::POST])?;
-            let id = &rest["/admin/users/".len()..rest.len() - "/api-keys".len()];
+            // `/admin/users/api-keys` (an empty id) must not slice backwards.
+            let id = rest
+                .strip_prefix("/admin/users/")
+                .and_then(|r| r.strip_suffix("/api-keys"))
+                .unwrap_or_default();
             let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
             require_admin(&caller)?;
             let owner = accounts.user_by_id(id).await?;
@@ -306,7 +315,7 @@ pub async fn handle(
         }
         (Some(rest), _) if rest.starts_with("/api-keys/") => {
             allow(&method, &[Method::DELETE])?;
-            let id = &rest["/api-keys/".len()..];
+            let id = rest.strip_prefix("/api-keys/").unwrap_or_default();
             let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
             accounts
                 .revoke_api_key(Some(&caller.user.id), id, now)

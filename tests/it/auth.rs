@@ -704,6 +704,15 @@ async fn partner_registration_is_admin_only_and_idempotent() {
     )
     .await;
     assert_eq!((a.status, code(&a).as_str()), (404, "not_found"));
+    // Overlapping prefix and suffix (an empty id) is a plain 404, not a crash.
+    let a = send_json(
+        "POST",
+        &gw.url("/auth/admin/users/api-keys"),
+        Some(&admin),
+        &json!({"name": "x"}),
+    )
+    .await;
+    assert_eq!((a.status, code(&a).as_str()), (404, "not_found"));
 
     // An admin's key scoped without `admin` cannot act as admin; with it, it can.
     let narrow = new_key(&gw, &admin, json!({"name": "n", "scopes": ["orders:read"]}))

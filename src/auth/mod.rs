@@ -125,6 +125,31 @@ pub struct Authenticator {
     /// whole life. Session and user state are still checked on every hit.
     verified: TokenCache<Verified>,
     keys: ArcSwap<KeyRing>,
+    /// Signed identity assertions by (route, principal), reused while they have more than
+    /// [`ASSERTION_REUSE_MARGIN_SECS`] to live: an EdDSA signature costs as much as a proxied
+    /// request.
+    assertions: TokenCache<String>,
+}
+
+/// Lifetime of an `X-Gatehouse-Assertion` (SPEC section 3).
+pub const ASSERTION_TTL_SECS: i64 = 60;
+/// A cached assertion is replaced when less than this is left of its life.
+pub const ASSERTION_REUSE_MARGIN_SECS: i64 = 15;
+/// `typ` of identity assertions, so one is never mistaken for an access token.
+pub const ASSERTION_TYP: &str = "gh-assertion+jwt";
+
+/// Claims of an `X-Gatehouse-Assertion`.
+#[derive(Debug, serde::Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+    roles: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
+    amr: &'static str,
 }
 
 /// A verified token's claims and which kind of token it was.
@@ -156,6 +181,7 @@ impl Authenticator {
             cache,
             verified: TokenCache::new(verified_max, ttl),
             keys: ArcSwap::from_pointee(keys),
+            assertions: TokenCache::new(verified_max, ttl),
         }
     }
 
@@ -172,6 +198,53 @@ impl Authenticator {
     /// Replaces the key ring (rotation, periodic re-read).
     pub fn set_keys(&self, ring: KeyRing) {
         self.keys.store(Arc::new(ring));
+    }
+
+    /// The `X-Gatehouse-Assertion` for `principal` on route `route`: a short-lived JWT
+    /// (`iss`, `sub` = user id, `aud` = route name, `roles`) signed with the gateway's key and
+    /// verifiable through the JWKS. `None` for principals without a user (anonymous, app keys).
+    pub async fn assertion(
+        &self,
+        principal: &Principal,
+        route: &str,
+        issuer: &str,
+        now: UnixMillis,
+    ) -> Result<Option<String>, signing::SigningError> {
+        let Some(sub) = principal.user_id.as_deref() else {
+            return Ok(None);
+        };
+        let mut hasher = Sha256::new();
+        for part in [route, sub, principal.method.as_str()] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        for role in &principal.roles {
+            hasher.update(role.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(self.keys.load().current_kid().as_bytes());
+        let key: [u8; 32] = hasher.finalize().into();
+        if let Some(found) = self.assertions.get(&key).await {
+            return Ok(Some(found.as_ref().clone()));
+        }
+        let iat = now.div_euclid(1000);
+        let exp = iat + ASSERTION_TTL_SECS;
+        let claims = AssertionClaims {
+            iss: issuer,
+            sub,
+            aud: route,
+            iat,
+            exp,
+            roles: &principal.roles,
+            email: principal.email.as_deref(),
+            amr: principal.method.as_str(),
+        };
+        let token = self.keys.load().sign(ASSERTION_TYP, &claims)?;
+        let reuse_until = (exp - ASSERTION_REUSE_MARGIN_SECS).saturating_mul(1000);
+        self.assertions
+            .insert(key, Arc::new(token.clone()), reuse_until, now)
+            .await;
+        Ok(Some(token))
     }
 
     /// Turns a presented credential into the principal it stands for.

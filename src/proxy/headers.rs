@@ -22,6 +22,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_GATEHOUSE_ASSERTION: HeaderName = HeaderName::from_static("x-gatehouse-assertion");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -102,6 +102,20 @@ pub async fn handle(
         remove_credentials(&mut hdrs, snapshot);
     }
     headers::inject_identity(&mut hdrs, &principal);
+    if route.config.identity_assertion
+        && let Some(token) = auth
+            .assertion(
+                &principal,
+                &route.config.name,
+                &snapshot.config.tokens.issuer,
+                crate::store::unix_now(),
+            )
+            .await
+            .map_err(|e| ApiError::Internal(format!("signing the identity assertion: {e}")))?
+        && let Ok(v) = HeaderValue::from_str(&token)
+    {
+        hdrs.insert(headers::X_GATEHOUSE_ASSERTION.clone(), v);
+    }
     if !hdrs.contains_key(header::HOST) {
         // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.
         let host = authority

@@ -750,3 +750,62 @@ async fn partner_registration_is_admin_only_and_idempotent() {
     .await;
     assert_eq!((a.status, code(&a).as_str()), (409, "already_exists"));
 }
+
+#[tokio::test]
+async fn identity_assertion_is_signed_and_verifiable_through_the_jwks() {
+    let echo = Echo::start();
+    let up = echo.url();
+    let gw = Gateway::start(&format!(
+        r#"
+tokens: {{ issuer: http://gatehouse.test, audience: tests }}
+routes:
+  - {{ name: orders, match: {{ path_prefix: /orders }}, upstream: {{ targets: ["{up}"] }}, auth: optional, identity_assertion: true }}
+"#
+    ));
+    let reg = register(&gw, "assert@example.com").await;
+    let bearer = format!("Bearer {}", reg["access_token"].as_str().unwrap());
+    let jwks = crate::support::get(&gw.url("/.well-known/jwks.json"))
+        .await
+        .json();
+    let jwk = &jwks["keys"][0];
+
+    let a = call(
+        &gw,
+        "GET",
+        "/orders",
+        &[
+            ("authorization", &bearer),
+            ("x-gatehouse-assertion", "forged"),
+        ],
+    )
+    .await;
+    let token = a
+        .seen("x-gatehouse-assertion")
+        .expect("assertion sent upstream");
+    assert_ne!(token, "forged");
+    // Verified by jsonwebtoken with the public key from the JWKS, not by Gatehouse's code.
+    let key = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["orders"]);
+    validation.set_issuer(&["http://gatehouse.test"]);
+    let data = jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
+    assert_eq!(data.claims["sub"], reg["user"]["id"]);
+    assert_eq!(data.claims["roles"], json!(["user"]));
+    assert_eq!(
+        data.claims["exp"].as_i64().unwrap() - data.claims["iat"].as_i64().unwrap(),
+        60
+    );
+    assert_eq!(data.header.kid.as_deref(), jwk["kid"].as_str());
+    // Reused while fresh rather than signed per request.
+    let again = call(&gw, "GET", "/orders", &[("authorization", &bearer)]).await;
+    assert_eq!(again.seen("x-gatehouse-assertion"), Some(token));
+    // Anonymous: no assertion, and a forged one is removed.
+    let a = call(
+        &gw,
+        "GET",
+        "/orders",
+        &[("x-gatehouse-assertion", "forged")],
+    )
+    .await;
+    assert_eq!(a.seen("x-gatehouse-assertion"), None);
+}

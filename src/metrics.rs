@@ -98,6 +98,9 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
     reloads: Family<ReloadLabels, Counter>,
+    /// Store lookups made by the proxy path's cache since start (set when scraped): a flood
+    /// of bad credentials should leave it flat.
+    pub auth_store_lookups: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,6 +150,12 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        let auth_store_lookups = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "auth_store_lookups",
+            "Store lookups made by the authentication cache since start (misses)",
+            auth_store_lookups.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -154,6 +163,7 @@ impl Metrics {
             upstream_errors,
             in_flight,
             reloads,
+            auth_store_lookups,
         }
     }
 

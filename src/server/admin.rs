@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use crate::accounts::Accounts;
 use crate::body::ResBody;
 use crate::problem::ApiError;
 use crate::state::{LiveSnapshot, Shared};
@@ -26,6 +27,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 /// Answers one admin request.
 pub async fn handle(
     shared: Arc<Shared>,
+    accounts: Arc<Accounts>,
     live: LiveSnapshot,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
@@ -56,11 +58,18 @@ pub async fn handle(
             };
             text(status, "application/json", body.to_string())
         }
-        ("GET" | "HEAD", "/metrics") => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
-        ),
+        ("GET" | "HEAD", "/metrics") => {
+            let lookups = accounts.authenticator().cache().store_lookups();
+            shared
+                .metrics
+                .auth_store_lookups
+                .set(i64::try_from(lookups).unwrap_or(i64::MAX));
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                shared.metrics.encode(),
+            )
+        }
         _ => ApiError::NotFound.into_response(),
     };
     Ok(resp)

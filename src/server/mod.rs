@@ -125,6 +125,7 @@ impl Gateway {
             },
         );
         let (shared, live) = (self.shared.clone(), self.live.clone());
+        let accounts = self.accounts.clone();
         let admin = listener::serve(
             self.admin,
             None,
@@ -132,8 +133,8 @@ impl Gateway {
             stop_rx,
             drain,
             move |_peer, _tls| {
-                let (shared, live) = (shared.clone(), live.clone());
-                move |req| admin::handle(shared.clone(), live.clone(), req)
+                let (shared, accounts, live) = (shared.clone(), accounts.clone(), live.clone());
+                move |req| admin::handle(shared.clone(), accounts.clone(), live.clone(), req)
             },
         );
         let stopper = async move {

@@ -809,3 +809,58 @@ routes:
     .await;
     assert_eq!(a.seen("x-gatehouse-assertion"), None);
 }
+
+/// A flood of bad API keys costs the store nothing: malformed keys are refused by their
+/// checksum, and an unknown well-formed key is looked up once, then cached as unknown.
+#[tokio::test]
+async fn a_flood_of_bad_keys_does_not_reach_the_store() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let reg = register(&gw, "flood@example.com").await;
+    let token = reg["access_token"].as_str().unwrap().to_owned();
+    // A real key, revoked: well-formed, checksum right, unknown to the cache at first.
+    let key = new_key(&gw, &token, json!({"name": "gone"})).await.json();
+    let sk = key["key"].as_str().unwrap().to_owned();
+    let id = key["id"].as_str().unwrap();
+    send_json(
+        "DELETE",
+        &gw.url(&format!("/auth/api-keys/{id}")),
+        Some(&token),
+        &Value::Null,
+    )
+    .await;
+    let lookups = || async {
+        let text =
+            String::from_utf8_lossy(&crate::support::get(&gw.admin_url("/metrics")).await.body)
+                .into_owned();
+        text.lines()
+            .find(|l| l.starts_with("gatehouse_auth_store_lookups "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    let mut bad = sk.clone().into_bytes();
+    bad[20] = if bad[20] == b'x' { b'y' } else { b'x' };
+    let bad = String::from_utf8(bad).unwrap();
+    let before = lookups().await;
+    for _ in 0..200 {
+        let a = call(&gw, "GET", "/req", &[("x-api-key", &bad)]).await;
+        assert_eq!(a.status, 401);
+    }
+    assert_eq!(
+        lookups().await,
+        before,
+        "checksum failures reached the store"
+    );
+    for _ in 0..200 {
+        let a = call(&gw, "GET", "/req", &[("x-api-key", "sk_not-even-close")]).await;
+        assert_eq!(a.status, 401);
+    }
+    assert_eq!(lookups().await, before);
+    // The revoked key is looked up at most once (it was evicted at revocation), then cached.
+    for _ in 0..200 {
+        let a = call(&gw, "GET", "/req", &[("x-api-key", &sk)]).await;
+        assert_eq!((a.status, code(&a).as_str()), (401, "invalid_api_key"));
+    }
+    assert!(lookups().await <= before + 1);
+}

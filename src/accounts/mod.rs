@@ -122,7 +122,8 @@ pub struct ClientInfo {
 }
 
 /// `POST /auth/register`'s input.
-#[derive(Debug, Default, Clone)]
+// No `Debug`: it holds a password.
+#[derive(Default, Clone)]
 pub struct Registration {
     pub email: Option<String>,
     pub username: Option<String>,
@@ -132,7 +133,8 @@ pub struct Registration {
 }
 
 /// A new user made by an operator (`gatehouse users create`) rather than by sign-up.
-#[derive(Debug, Default, Clone)]
+// No `Debug`: it holds a password.
+#[derive(Default, Clone)]
 pub struct NewUser {
     pub email: Option<String>,
     pub username: Option<String>,
@@ -159,8 +161,7 @@ pub struct PartnerUser {
     pub roles: Vec<String>,
 }
 
-/// What partner registration did.
-#[derive(Debug)]
+/// What partner registration did. No `Debug`: it holds the plain key.
 pub enum PartnerOutcome {
     /// A new user and its key (the plain key, shown once).
     Created {
@@ -197,8 +198,7 @@ pub struct ProfileChange {
     pub email: Option<Option<String>>,
 }
 
-/// A new session and its first (or rotated) tokens.
-#[derive(Debug)]
+/// A new session and its first (or rotated) tokens. No `Debug`: it holds them.
 pub struct Issued {
     pub user: User,
     pub session: Session,

@@ -13,7 +13,8 @@ fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D
     Option::<String>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+// No `Debug`: it holds a secret, which must not be printable by accident.
+#[derive(Deserialize)]
 pub struct RegisterBody {
     pub email: Option<String>,
     pub username: Option<String>,
@@ -22,7 +23,8 @@ pub struct RegisterBody {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+// No `Debug`: it holds a secret, which must not be printable by accident.
+#[derive(Deserialize)]
 pub struct LoginBody {
     pub email: Option<String>,
     pub username: Option<String>,
@@ -147,7 +149,8 @@ impl PartnerBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+// No `Debug`: it holds a secret, which must not be printable by accident.
+#[derive(Deserialize)]
 pub struct RefreshBody {
     pub refresh_token: Option<String>,
 }
@@ -162,13 +165,15 @@ pub struct ProfileBody {
     pub email: Option<Option<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+// No `Debug`: it holds a secret, which must not be printable by accident.
+#[derive(Deserialize)]
 pub struct PasswordBody {
     pub current_password: Option<String>,
     pub new_password: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+// No `Debug`: it holds a secret, which must not be printable by accident.
+#[derive(Deserialize)]
 pub struct DeleteAccountBody {
     pub password: Option<String>,
 }
@@ -200,7 +205,8 @@ pub fn user_view(user: &User) -> UserView<'_> {
 }
 
 /// The answer of register, login and refresh.
-#[derive(Debug, Serialize)]
+// No `Debug`: it holds a secret, which must not be printable by accident.
+#[derive(Serialize)]
 pub struct TokenAnswer<'a> {
     pub user: UserView<'a>,
     pub access_token: &'a str,
@@ -220,7 +226,8 @@ pub fn token_answer(issued: &Issued) -> TokenAnswer<'_> {
 }
 
 /// An API key as listed (never the key itself).
-#[derive(Debug, Serialize)]
+// No `Debug`: it holds a secret, which must not be printable by accident.
+#[derive(Serialize)]
 pub struct KeyView<'a> {
     pub id: &'a str,
     pub prefix: &'a str,

@@ -10,6 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::auth::AuthError;
 use crate::auth::policy::Denied;
 use crate::body::ResBody;
+use crate::ratelimit::route::{policy_value, state_value};
 use crate::store::StoreError;
 
 /// Whose fault a failure is; it decides the log level and nothing else.
@@ -58,11 +59,8 @@ impl RateLimitInfo {
     /// The `RateLimit-Policy` and `RateLimit` values when nothing is left in the window.
     pub fn header_values(&self) -> (String, String) {
         (
-            format!(
-                "\"{}\";q={};w={}",
-                self.policy, self.quota, self.window_secs
-            ),
-            format!("\"{}\";r=0;t={}", self.policy, self.retry_after_secs),
+            policy_value(&self.policy, self.quota, self.window_secs),
+            state_value(&self.policy, 0, self.retry_after_secs),
         )
     }
 }

@@ -267,22 +267,14 @@ pub fn max_token_lifetime(cfg: &Config) -> Duration {
 impl Accounts {
     /// Builds the service on a store and the authenticator whose key ring it signs with
     /// (made from [`Accounts::load_ring`]).
-    pub async fn open(
-        store: Arc<dyn Store>,
-        auth: Arc<Authenticator>,
-        now: UnixMillis,
-    ) -> Result<Accounts, AccountError> {
-        // Makes the dummy hash before serving, so the first login naming an unknown account
-        // does not take twice as long as a wrong password (SPEC section 4: similar timing),
-        // and its 19 MiB of argon2 memory is touched at start rather than under traffic.
-        password::verify_blocking(String::new(), None).await?;
-        Ok(Accounts {
+    pub fn new(store: Arc<dyn Store>, auth: Arc<Authenticator>, now: UnixMillis) -> Accounts {
+        Accounts {
             store,
             auth,
             last_kid_reload: AtomicI64::new(now),
             login_limiter: LoginLimiter::new(),
             register_limiter: WindowCounter::new(),
-        })
+        }
     }
 
     /// Everything the account API and the proxy path share, built on a store: the lookups
@@ -300,7 +292,7 @@ impl Accounts {
             cfg.cache.ttl,
             ring,
         ));
-        Self::open(store, auth, now).await
+        Ok(Self::new(store, auth, now))
     }
 
     /// Loads (or on the first start creates and stores) the signing keys.
@@ -313,6 +305,14 @@ impl Accounts {
             signing::load_or_create(store, &cfg.tokens.signing, max_token_lifetime(cfg), now)
                 .await?;
         Ok(KeyRing::new(&keys, now)?)
+    }
+
+    /// Makes the dummy hash used for unknown accounts now, so the first login naming one
+    /// does not take twice as long as a wrong password (SPEC section 4: similar timing) and
+    /// its 19 MiB of argon2 memory is touched before traffic. For the server, not the CLI.
+    pub async fn warm_up(&self) -> Result<(), AccountError> {
+        password::verify_blocking(String::new(), None).await?;
+        Ok(())
     }
 
     /// The store this service works on.
@@ -408,21 +408,12 @@ impl Accounts {
         let email = non_empty(input.email);
         let username = non_empty(input.username);
         let name = non_empty(input.name);
-        if email.is_none() && username.is_none() {
-            issues.push(FieldIssue::invalid(
-                "email",
-                "email or username is required",
-            ));
-        }
-        if let Some(e) = &email {
-            validate::email(e, &mut issues);
-        }
-        if let Some(u) = &username {
-            validate::username(u, &mut issues);
-        }
-        if let Some(n) = &name {
-            validate::name(n, &mut issues);
-        }
+        validate::identity(
+            email.as_deref(),
+            username.as_deref(),
+            name.as_deref(),
+            &mut issues,
+        );
         let password = input.password.unwrap_or_default();
         if password.is_empty() {
             issues.push(FieldIssue::invalid("password", "is required"));
@@ -468,21 +459,12 @@ impl Accounts {
         now: UnixMillis,
     ) -> Result<User, AccountError> {
         let mut issues = Vec::new();
-        if input.email.is_none() && input.username.is_none() {
-            issues.push(FieldIssue::invalid(
-                "email",
-                "email or username is required",
-            ));
-        }
-        if let Some(e) = &input.email {
-            validate::email(e, &mut issues);
-        }
-        if let Some(u) = &input.username {
-            validate::username(u, &mut issues);
-        }
-        if let Some(n) = &input.name {
-            validate::name(n, &mut issues);
-        }
+        validate::identity(
+            input.email.as_deref(),
+            input.username.as_deref(),
+            input.name.as_deref(),
+            &mut issues,
+        );
         validate::new_password(
             "password",
             &input.password,

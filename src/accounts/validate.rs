@@ -85,6 +85,31 @@ pub fn name(value: &str, issues: &mut Vec<FieldIssue>) {
     }
 }
 
+/// The names of a new account: an email or a username (at least one), each valid when
+/// given, and a valid display name when given.
+pub fn identity(
+    email: Option<&str>,
+    username: Option<&str>,
+    display_name: Option<&str>,
+    issues: &mut Vec<FieldIssue>,
+) {
+    if email.is_none() && username.is_none() {
+        issues.push(FieldIssue::invalid(
+            "email",
+            "email or username is required",
+        ));
+    }
+    if let Some(e) = email {
+        self::email(e, issues);
+    }
+    if let Some(u) = username {
+        self::username(u, issues);
+    }
+    if let Some(n) = display_name {
+        name(n, issues);
+    }
+}
+
 /// A new password against the configured policy, under the given field name.
 pub fn new_password(
     field: &'static str,

@@ -83,6 +83,17 @@ pub async fn authorize(
         }
     };
     let principal = decide(route, found)?;
+    check_csrf(config, &principal, req)?;
+    Ok(principal)
+}
+
+/// SPEC section 3: a cookie-authenticated unsafe request must show it is not cross-site
+/// (the proxy path, forward-auth and the account API apply this one rule).
+pub fn check_csrf(
+    config: &Config,
+    principal: &Principal,
+    req: &RequestFacts<'_>,
+) -> Result<(), Denied> {
     if principal.method == AuthMethod::Cookie
         && !req.method.is_safe()
         && !cookie::csrf_ok(
@@ -94,7 +105,7 @@ pub async fn authorize(
     {
         return Err(Denied::Csrf);
     }
-    Ok(principal)
+    Ok(())
 }
 
 /// Whether `principal` has one of the route's roles (any-of; none listed = anyone) and all

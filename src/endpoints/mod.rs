@@ -24,7 +24,7 @@ use crate::accounts::{
 };
 use crate::auth::password::PasswordError;
 use crate::auth::policy::{self, RequestFacts};
-use crate::auth::{self, Presented, cookie};
+use crate::auth::{self, cookie};
 use crate::body::ResBody;
 use crate::config::Config;
 use crate::config::CredentialKind;
@@ -65,7 +65,7 @@ impl From<AccountError> for ApiError {
             AccountError::RateLimited(r) => ApiError::RateLimited(RateLimitInfo {
                 policy: r.policy.to_owned(),
                 quota: r.quota,
-                window_secs: r.window.as_secs(),
+                window_secs: crate::ratelimit::route::window_secs(r.window),
                 retry_after_secs: ceil_secs(r.retry_after),
             }),
             AccountError::InvalidRefreshToken(why) => {
@@ -185,7 +185,7 @@ pub async fn handle(
         }
         (Some("/logout"), _) => {
             allow(&method, &[Method::POST])?;
-            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             accounts.logout(&caller, now).await?;
             let mut resp = no_content();
             if caller.principal.method == crate::principal::AuthMethod::Cookie {
@@ -200,7 +200,7 @@ pub async fn handle(
                 &method,
                 &[Method::GET, Method::HEAD, Method::PATCH, Method::DELETE],
             )?;
-            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             match method {
                 Method::PATCH => {
                     let body: ProfileBody = read_json(req).await?;
@@ -225,7 +225,7 @@ pub async fn handle(
         }
         (Some("/password"), _) => {
             allow(&method, &[Method::POST])?;
-            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             let client = client_info(config, ctx, req.headers());
             let body: PasswordBody = read_json(req).await?;
             accounts
@@ -242,7 +242,7 @@ pub async fn handle(
         }
         (Some("/api-keys"), _) => {
             allow(&method, &[Method::GET, Method::HEAD, Method::POST])?;
-            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             if method == Method::POST {
                 let body: ApiKeyBody = read_json(req).await?;
                 let input = body.into_input()?;
@@ -264,7 +264,7 @@ pub async fn handle(
         }
         (Some("/admin/users"), _) => {
             allow(&method, &[Method::POST])?;
-            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             require_admin(&caller)?;
             let body: PartnerBody = read_json(req).await?;
             let input = body.into_input()?;
@@ -297,7 +297,7 @@ pub async fn handle(
                 .strip_prefix("/admin/users/")
                 .and_then(|r| r.strip_suffix("/api-keys"))
                 .unwrap_or_default();
-            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             require_admin(&caller)?;
             let owner = accounts.user_by_id(id).await?;
             let body: ApiKeyBody = read_json(req).await?;
@@ -316,7 +316,7 @@ pub async fn handle(
         (Some(rest), _) if rest.starts_with("/api-keys/") => {
             allow(&method, &[Method::DELETE])?;
             let id = rest.strip_prefix("/api-keys/").unwrap_or_default();
-            let caller = authenticate(accounts, config, ctx, &method, req.headers(), now).await?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             accounts
                 .revoke_api_key(Some(&caller.user.id), id, now)
                 .await?;
@@ -367,14 +367,7 @@ async fn forward_auth(
             .ok()?;
         snapshot.routes.get(index).map(|r| &r.config)
     });
-    let fallback;
-    let route = match route {
-        Some(r) => r,
-        None => {
-            fallback = verify_fallback_route();
-            &fallback
-        }
-    };
+    let route = route.unwrap_or(&VERIFY_FALLBACK);
     let facts = RequestFacts {
         method: &method,
         headers,
@@ -392,6 +385,9 @@ async fn forward_auth(
 }
 
 /// The policy `/auth/verify` applies when no route tells: any valid credential.
+static VERIFY_FALLBACK: std::sync::LazyLock<crate::config::RouteConfig> =
+    std::sync::LazyLock::new(verify_fallback_route);
+
 fn verify_fallback_route() -> crate::config::RouteConfig {
     use crate::config::{AuthMode, HostMatch, RouteConfig, UpstreamConfig};
     RouteConfig {
@@ -462,41 +458,31 @@ fn allow(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
 /// precedence); a cookie-authenticated unsafe request must also pass the CSRF check.
 async fn authenticate(
     accounts: &Accounts,
-    config: &Config,
+    snapshot: &Snapshot,
     ctx: &RequestCtx,
     method: &Method,
     headers: &HeaderMap,
     now: UnixMillis,
 ) -> Result<Caller, ApiError> {
-    let session_cookie = cookie::session_name(&config.cookies);
-    let csrf_cookie = cookie::csrf_name(&config.cookies);
     let all = [
         CredentialKind::ApiKey,
         CredentialKind::Jwt,
         CredentialKind::Cookie,
     ];
-    let presented =
-        auth::presented(headers, &session_cookie, &all).ok_or(ApiError::MissingCredentials)?;
-    let caller = accounts.authenticate(config, presented, now).await?;
+    let presented = auth::presented(headers, &snapshot.session_cookie, &all)
+        .ok_or(ApiError::MissingCredentials)?;
+    let caller = accounts
+        .authenticate(&snapshot.config, presented, now)
+        .await?;
     let facts = RequestFacts {
         method,
         headers,
         scheme: ctx.scheme,
         trusted_peer: ctx.trusted_peer,
-        session_cookie: &session_cookie,
-        csrf_cookie: &csrf_cookie,
+        session_cookie: &snapshot.session_cookie,
+        csrf_cookie: &snapshot.csrf_cookie,
     };
-    if matches!(presented, Presented::Cookie(_))
-        && !method.is_safe()
-        && !cookie::csrf_ok(
-            headers,
-            facts.addressed_origin().as_deref(),
-            &config.accounts.allowed_origins,
-            &csrf_cookie,
-        )
-    {
-        return Err(ApiError::CsrfFailed);
-    }
+    policy::check_csrf(&snapshot.config, &caller.principal, &facts)?;
     Ok(caller)
 }
 

@@ -215,12 +215,15 @@ fn rate_limit(
     let decision = limiter.check(key);
     match decision {
         RateDecision::Allowed { .. } => Ok(limiter.headers(&decision)),
-        RateDecision::Limited { retry_after_secs } => Err(ApiError::RateLimited(RateLimitInfo {
-            policy: limiter.name().to_owned(),
-            quota: route.rate_limit.requests,
-            window_secs: route.rate_limit.per.as_millis().div_ceil(1000).max(1) as u64,
-            retry_after_secs,
-        })),
+        RateDecision::Limited { retry_after_secs } => {
+            let (quota, window_secs) = limiter.quota();
+            Err(ApiError::RateLimited(RateLimitInfo {
+                policy: limiter.name().to_owned(),
+                quota,
+                window_secs,
+                retry_after_secs,
+            }))
+        }
     }
 }
 

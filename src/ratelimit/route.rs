@@ -192,8 +192,8 @@ impl<C: Clock> RouteLimiter<C> {
             ),
         };
         let item = sf_string(name);
-        let window_secs = ceil_secs(policy.per).max(1);
-        let policy_header = header_value(format!("{item};q={};w={window_secs}", policy.requests));
+        let window_secs = window_secs(policy.per);
+        let policy_header = header_value(policy_value(name, policy.requests, window_secs));
         RouteLimiter {
             name: name.to_owned(),
             policy: policy.clone(),
@@ -212,6 +212,11 @@ impl<C: Clock> RouteLimiter<C> {
     /// The policy's name in the headers (the route's name or `"default"`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Requests per window and the window in seconds, as `RateLimit-Policy` states them.
+    pub fn quota(&self) -> (u32, u64) {
+        (self.policy.requests, window_secs(self.policy.per))
     }
 
     /// What the caller should hash into the key: credential, user id or client IP.
@@ -415,6 +420,22 @@ fn ceil_secs(d: Duration) -> u64 {
 
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A policy's window as `RateLimit-Policy`'s `w`: whole seconds, rounded up, at least 1.
+pub fn window_secs(per: Duration) -> u64 {
+    ceil_secs(per).max(1)
+}
+
+/// `RateLimit-Policy: "<name>";q=<quota>;w=<window>` (draft-ietf-httpapi-ratelimit-headers);
+/// every limiter's answers (route and account API, allowed and refused) use this form.
+pub fn policy_value(name: &str, quota: u32, window_secs: u64) -> String {
+    format!("{};q={quota};w={window_secs}", sf_string(name))
+}
+
+/// `RateLimit: "<name>";r=<remaining>;t=<seconds>`.
+pub fn state_value(name: &str, remaining: u32, t: u64) -> String {
+    format!("{};r={remaining};t={t}", sf_string(name))
 }
 
 /// `name` as a Structured Fields string (RFC 8941 3.3.3): quoted, `"` and `\` escaped, and

@@ -72,6 +72,7 @@ impl Gateway {
             .map_err(|e| crate::store::StoreError::Internal(e.to_string()))??;
         let accounts =
             Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
+        accounts.warm_up().await?;
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
         let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             config, &shared, None,

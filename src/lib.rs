@@ -14,6 +14,7 @@ pub mod config;
 pub mod echo;
 pub mod endpoints;
 pub mod metrics;
+pub mod outbound;
 pub mod pool;
 pub mod principal;
 pub mod problem;

@@ -101,6 +101,29 @@ pub struct Metrics {
     /// Store lookups made by the proxy path's cache since start (set when scraped): a flood
     /// of bad credentials should leave it flat.
     pub auth_store_lookups: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// JWKS fetches of trusted issuers, by issuer and result (set when scraped).
+    pub jwks_fetches: Family<JwksFetchLabels, Counter>,
+    /// Seconds since an issuer's JWKS was last fetched successfully; -1 before the first.
+    /// A growing value means tokens are checked against stale keys (stale-if-error).
+    pub jwks_age: Family<IssuerLabel, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabel {
+    pub issuer: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum FetchResult {
+    ok,
+    error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksFetchLabels {
+    pub issuer: String,
+    pub result: FetchResult,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,6 +179,18 @@ impl Metrics {
             "Store lookups made by the authentication cache since start (misses)",
             auth_store_lookups.clone(),
         );
+        let jwks_fetches = Family::<JwksFetchLabels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches of trusted issuers, by issuer and result",
+            jwks_fetches.clone(),
+        );
+        let jwks_age = Family::<IssuerLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "jwks_age_seconds",
+            "Seconds since a trusted issuer's JWKS was last fetched successfully (-1: never)",
+            jwks_age.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -164,6 +199,8 @@ impl Metrics {
             in_flight,
             reloads,
             auth_store_lookups,
+            jwks_fetches,
+            jwks_age,
         }
     }
 

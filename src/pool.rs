@@ -25,6 +25,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use rustls::pki_types::CertificateDer;
+
 use crate::body::ReqBody;
 
 /// Idle connections older than this are not reused: upstreams close idle keep-alive
@@ -267,4 +269,22 @@ impl Body for PooledBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Client TLS for `https` targets: Mozilla's roots plus `extra` CA certificates.
+pub fn client_tls(
+    extra: &(impl Iterator<Item = CertificateDer<'static>> + Clone),
+) -> Result<tokio_rustls::TlsConnector, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let (_added, _ignored) = roots.add_parsable_certificates(extra.clone());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, RateLimitPolicy, RouteConfig, StoreConfig, Target};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::pool::{Endpoint, Pool, Transport};
+use crate::pool::{Endpoint, Pool, Transport, client_tls};
 use crate::ratelimit::route::{Limiter, RouteLimiters};
 use crate::router::Router;
 use crate::store::{SqliteStore, Store, StoreError};
@@ -153,24 +153,6 @@ impl Shared {
         *pools = wanted.clone();
         wanted
     }
-}
-
-/// Client TLS for `https` targets: Mozilla's roots plus `extra` CA certificates.
-fn client_tls(
-    extra: &(impl Iterator<Item = CertificateDer<'static>> + Clone),
-) -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let (_added, _ignored) = roots.add_parsable_certificates(extra.clone());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client settings: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// One upstream target and its passive health.

@@ -292,6 +292,7 @@ impl Accounts {
             cfg.cache.ttl,
             ring,
         ));
+        auth.sync_trusted(&cfg.tokens.trusted_issuers, &cfg.tokens.audience);
         Ok(Self::new(store, auth, now))
     }
 
@@ -689,6 +690,7 @@ impl Accounts {
         let rules = TokenRules {
             issuer: &cfg.tokens.issuer,
             audience: &cfg.tokens.audience,
+            external: false,
         };
         let principal = match self.auth.authenticate(presented, rules, now).await {
             Err(AuthError::Token(JwtError::UnknownKid)) if self.may_reload_for_kid(now) => {

@@ -8,7 +8,7 @@
 //! mapping (`problem`), external issuers (`trusted.rs`).
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::auth::signing::{JwsError, KeyRing, SigningError};
 
@@ -183,7 +183,19 @@ fn verify_typed(
     if !typ_ok {
         return Err(JwtError::WrongType);
     }
-    let mut claims = verified.claims;
+    let claims = check_claims(verified.claims, expect)?;
+    serde_json::from_value(Value::Object(claims))
+        .map_err(|e| JwtError::InvalidClaims(e.to_string()))
+}
+
+/// The registered-claim rules every accepted token passes, Gatehouse's or a trusted
+/// issuer's: `exp` required and `nbf` optional, both JSON numbers, with leeway; `iss` equal
+/// to the expected issuer; `aud` a string or an array naming the expected audience (which
+/// then replaces it in the returned claims).
+pub fn check_claims(
+    mut claims: Map<String, Value>,
+    expect: &Expectation<'_>,
+) -> Result<Map<String, Value>, JwtError> {
     let leeway = i64::try_from(expect.leeway_secs).unwrap_or(i64::MAX);
 
     // Types first (CVE-2026-25537: a string `exp` must not pass as "no exp"); then time.
@@ -211,8 +223,7 @@ fn verify_typed(
         return Err(JwtError::WrongAudience);
     }
     claims.insert("aud".to_owned(), Value::String(expect.audience.to_owned()));
-    serde_json::from_value(Value::Object(claims))
-        .map_err(|e| JwtError::InvalidClaims(e.to_string()))
+    Ok(claims)
 }
 
 /// A NumericDate claim (RFC 7519 section 2): absent, or a JSON number; anything else,

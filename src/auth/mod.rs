@@ -13,6 +13,7 @@ pub mod jwt;
 pub mod password;
 pub mod policy;
 pub mod signing;
+pub mod trusted;
 
 use std::sync::Arc;
 
@@ -22,11 +23,12 @@ use http::header::{self, HeaderName};
 use sha2::{Digest, Sha256};
 
 use crate::cache::{AuthCache, TokenCache};
-use crate::config::CredentialKind;
+use crate::config::{CredentialKind, TrustedIssuer};
 use crate::principal::{AuthMethod, Principal};
 use crate::store::{ApiKeyKind, StoreError, UnixMillis};
 use jwt::{AccessClaims, Expectation, JwtError};
 use signing::KeyRing;
+use trusted::TrustedIssuers;
 
 /// `X-API-Key`.
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -115,6 +117,9 @@ pub enum AuthError {
 pub struct TokenRules<'a> {
     pub issuer: &'a str,
     pub audience: &'a str,
+    /// Whether tokens of `tokens.trusted_issuers` are accepted too: on the proxy path and
+    /// forward-auth, not on the account API (an external subject has no account).
+    pub external: bool,
 }
 
 /// Verifies credentials on the proxy path (and for the account API) through the cache.
@@ -125,6 +130,7 @@ pub struct Authenticator {
     /// whole life. Session and user state are still checked on every hit.
     verified: TokenCache<Verified>,
     keys: ArcSwap<KeyRing>,
+    trusted: ArcSwap<TrustedIssuers>,
     /// Signed identity assertions by (route, principal), reused while they have more than
     /// [`ASSERTION_REUSE_MARGIN_SECS`] to live: an EdDSA signature costs as much as a proxied
     /// request.
@@ -152,11 +158,15 @@ struct AssertionClaims<'a> {
     amr: &'static str,
 }
 
-/// A verified token's claims and which kind of token it was.
+/// A verified token: a Gatehouse one (its session and user are checked on every use), or
+/// an external issuer's (stands alone until its `exp`).
 #[derive(Debug)]
-struct Verified {
-    claims: AccessClaims,
-    scopes: Option<Vec<String>>,
+enum Verified {
+    Own {
+        claims: AccessClaims,
+        scopes: Option<Vec<String>>,
+    },
+    External(Principal),
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -181,6 +191,7 @@ impl Authenticator {
             cache,
             verified: TokenCache::new(verified_max, ttl),
             keys: ArcSwap::from_pointee(keys),
+            trusted: ArcSwap::from_pointee(TrustedIssuers::default()),
             assertions: TokenCache::new(verified_max, ttl),
         }
     }
@@ -198,6 +209,21 @@ impl Authenticator {
     /// Replaces the key ring (rotation, periodic re-read).
     pub fn set_keys(&self, ring: KeyRing) {
         self.keys.store(Arc::new(ring));
+    }
+
+    /// The trusted external issuers.
+    pub fn trusted(&self) -> Arc<TrustedIssuers> {
+        self.trusted.load_full()
+    }
+
+    /// Rebuilds the trusted issuers when `configs` (or the default audience) changed;
+    /// unchanged issuers keep their keys.
+    pub fn sync_trusted(&self, configs: &[TrustedIssuer], default_audience: &str) {
+        let current = self.trusted.load();
+        if !current.built_from(configs, default_audience) {
+            let next = TrustedIssuers::new(configs, default_audience, Some(&current));
+            self.trusted.store(Arc::new(next));
+        }
     }
 
     /// The `X-Gatehouse-Assertion` for `principal` on route `route`: a short-lived JWT
@@ -318,31 +344,23 @@ impl Authenticator {
             // The entry never outlives the token's `exp`.
             Some(v) => v,
             None => {
-                let expect = Expectation {
-                    issuer: rules.issuer,
-                    audience: rules.audience,
-                    now_secs: now.div_euclid(1000),
-                    leeway_secs: LEEWAY_SECS,
-                };
-                let ring = self.keys.load();
-                let claims = if cookie {
-                    jwt::verify_session_cookie(&ring, token, &expect)?
-                } else {
-                    jwt::verify_access(&ring, token, &expect)?
-                };
-                let scopes = claims
-                    .scope
-                    .as_deref()
-                    .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect());
-                let valid_until = claims.exp.saturating_mul(1000);
-                let v = Arc::new(Verified { claims, scopes });
+                let verified = self.verify_token(token, cookie, rules, now).await?;
+                let (valid_until, verified) = verified;
+                let v = Arc::new(verified);
                 self.verified
-                    .insert(hash, v.clone(), valid_until, now)
+                    .insert(hash, v.clone(), valid_until.saturating_mul(1000), now)
                     .await;
                 v
             }
         };
-        let claims = &verified.claims;
+        let (claims, scopes) = match verified.as_ref() {
+            Verified::Own { claims, scopes } => (claims, scopes),
+            // Cached by the proxy path, presented to the account API.
+            Verified::External(_) if !rules.external => {
+                return Err(AuthError::Token(JwtError::UnknownKid));
+            }
+            Verified::External(principal) => return Ok(principal.clone()),
+        };
         if !self.cache.session_active(&claims.sid, now).await? {
             return Err(AuthError::SessionRevoked);
         }
@@ -364,10 +382,48 @@ impl Authenticator {
             // The user's roles now, not those of the token's issue time: a removed role
             // stops working within the cache TTL.
             roles: user.roles.clone(),
-            scopes: verified.scopes.clone(),
+            scopes: scopes.clone(),
             key_id: None,
             session_id: Some(claims.sid.clone()),
         })
+    }
+
+    /// Checks a token not in the verified cache; returns it with its `exp` (seconds).
+    async fn verify_token(
+        &self,
+        token: &str,
+        cookie: bool,
+        rules: TokenRules<'_>,
+        now: UnixMillis,
+    ) -> Result<(i64, Verified), AuthError> {
+        if rules.external && !cookie {
+            let trusted = self.trusted.load();
+            if !trusted.is_empty()
+                && let Some(iss) = trusted::unverified_issuer(token)
+                && iss != rules.issuer
+                && let Some(issuer) = trusted.get(&iss)
+            {
+                let (principal, exp) = trusted.verify(issuer, token, now, LEEWAY_SECS).await?;
+                return Ok((exp, Verified::External(principal)));
+            }
+        }
+        let expect = Expectation {
+            issuer: rules.issuer,
+            audience: rules.audience,
+            now_secs: now.div_euclid(1000),
+            leeway_secs: LEEWAY_SECS,
+        };
+        let ring = self.keys.load();
+        let claims = if cookie {
+            jwt::verify_session_cookie(&ring, token, &expect)?
+        } else {
+            jwt::verify_access(&ring, token, &expect)?
+        };
+        let scopes = claims
+            .scope
+            .as_deref()
+            .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect());
+        Ok((claims.exp, Verified::Own { claims, scopes }))
     }
 }
 

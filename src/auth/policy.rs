@@ -78,6 +78,7 @@ pub async fn authorize(
             let rules = TokenRules {
                 issuer: &config.tokens.issuer,
                 audience: &config.tokens.audience,
+                external: true,
             };
             Some(auth.authenticate(p, rules, crate::store::unix_now()).await)
         }

@@ -189,6 +189,10 @@ impl PublicKey {
     fn from_jwk(jwk: &str, alg: SigningAlg) -> Result<Self, SigningError> {
         let jwk: Map<String, Value> = serde_json::from_str(jwk)
             .map_err(|_| SigningError::InvalidKey("public JWK is not a JSON object".into()))?;
+        Self::from_jwk_members(&jwk, alg)
+    }
+
+    fn from_jwk_members(jwk: &Map<String, Value>, alg: SigningAlg) -> Result<Self, SigningError> {
         let member = |name: &str| -> Result<Vec<u8>, SigningError> {
             let text = jwk.get(name).and_then(Value::as_str).ok_or_else(|| {
                 SigningError::InvalidKey(format!("public JWK has no string `{name}`"))
@@ -446,13 +450,161 @@ struct Signer {
 /// and shared read-only (the server keeps it in an `ArcSwap`); rebuild it after a rotation.
 pub struct KeyRing {
     signer: Signer,
-    verifiers: HashMap<String, VerifyKey>,
+    verifiers: Verifiers,
     jwks: Bytes,
+}
+
+/// Keys that verify compact JWS, by `kid`, each bound to one algorithm: a [`KeyRing`]'s,
+/// or an external issuer's from its JWKS ([`Verifiers::from_jwks`]).
+#[derive(Default)]
+pub struct Verifiers {
+    keys: HashMap<String, VerifyKey>,
+}
+
+impl fmt::Debug for Verifiers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kids: Vec<&String> = self.keys.keys().collect();
+        kids.sort();
+        f.debug_struct("Verifiers").field("kids", &kids).finish()
+    }
+}
+
+/// The algorithm a JWK from an external JWKS verifies: its `alg` member when present (one
+/// Gatehouse supports, never an HMAC), else the one its key type implies.
+fn jwk_alg(jwk: &Map<String, Value>) -> Result<SigningAlg, String> {
+    let text = |name: &str| jwk.get(name).and_then(Value::as_str);
+    if let Some(alg) = text("alg") {
+        return parse_alg(alg).ok_or_else(|| format!("unsupported alg {alg:?}"));
+    }
+    match (text("kty"), text("crv")) {
+        (Some("OKP"), Some("Ed25519")) => Ok(SigningAlg::EdDsa),
+        (Some("EC"), Some("P-256")) => Ok(SigningAlg::Es256),
+        (Some("RSA"), _) => Ok(SigningAlg::Rs256),
+        (kty, crv) => Err(format!("unsupported key type {kty:?} (crv {crv:?})")),
+    }
+}
+
+impl Verifiers {
+    /// The signature keys of a JWKS document (RFC 7517 section 5): keys with `use` other than
+    /// `sig`, without a `kid`, of an unsupported type or algorithm, or malformed are skipped
+    /// and listed in the second value (`kid: reason`), so one odd key does not hide the rest.
+    /// Fails only when the document is not a JWKS at all.
+    pub fn from_jwks(document: &[u8]) -> Result<(Verifiers, Vec<String>), SigningError> {
+        #[derive(serde::Deserialize)]
+        struct Jwks {
+            keys: Vec<Map<String, Value>>,
+        }
+        let jwks: Jwks = serde_json::from_slice(document)
+            .map_err(|e| SigningError::InvalidKey(format!("not a JWKS document: {e}")))?;
+        let mut keys = HashMap::with_capacity(jwks.keys.len());
+        let mut skipped = Vec::new();
+        for jwk in &jwks.keys {
+            let kid = jwk.get("kid").and_then(Value::as_str).unwrap_or_default();
+            let parsed = (|| {
+                if kid.is_empty() {
+                    return Err("no kid".to_owned());
+                }
+                if jwk.get("use").is_some_and(|u| u.as_str() != Some("sig")) {
+                    return Err("not a signature key (`use`)".to_owned());
+                }
+                let alg = jwk_alg(jwk)?;
+                let public = PublicKey::from_jwk_members(jwk, alg).map_err(|e| e.to_string())?;
+                Ok(VerifyKey {
+                    decoding: public.decoding_key(),
+                    alg,
+                    not_after: None,
+                })
+            })();
+            match parsed {
+                Ok(key) => {
+                    keys.entry(kid.to_owned()).or_insert(key);
+                }
+                Err(reason) => skipped.push(format!("{kid}: {reason}")),
+            }
+        }
+        Ok((Verifiers { keys }, skipped))
+    }
+
+    /// How many keys verify.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key verifies.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether a key with this `kid` verifies at `now`.
+    pub fn knows(&self, kid: &str, now: UnixMillis) -> bool {
+        self.keys
+            .get(kid)
+            .is_some_and(|k| k.not_after.is_none_or(|t| now < t))
+    }
+
+    /// Checks a compact JWS: a `kid` this set holds and that is not past its `not_after`
+    /// at `now`, a header `alg` equal to that key's algorithm, no `crit`, and a valid
+    /// signature. Claims are returned unchecked: the caller validates them.
+    pub fn verify(&self, token: &str, now: UnixMillis) -> Result<VerifiedJws, JwsError> {
+        #[derive(serde::Deserialize)]
+        struct JoseHeader {
+            alg: String,
+            #[serde(default)]
+            kid: Option<String>,
+            #[serde(default)]
+            typ: Option<String>,
+            #[serde(default)]
+            crit: Option<serde::de::IgnoredAny>,
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwsError::Malformed);
+        };
+        let header: JoseHeader = URL_SAFE_NO_PAD
+            .decode(header_b64)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or(JwsError::Malformed)?;
+        if header.crit.is_some() {
+            return Err(JwsError::Malformed);
+        }
+        let kid = header.kid.ok_or(JwsError::UnknownKid)?;
+        let key = self
+            .keys
+            .get(&kid)
+            .filter(|k| k.not_after.is_none_or(|t| now < t))
+            .ok_or(JwsError::UnknownKid)?;
+        if header.alg != alg_name(key.alg) {
+            return Err(JwsError::AlgorithmMismatch);
+        }
+        let message = &token[..header_b64.len() + 1 + payload_b64.len()];
+        match jsonwebtoken::crypto::verify(
+            signature_b64,
+            message.as_bytes(),
+            &key.decoding,
+            jws_algorithm(key.alg),
+        ) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Err(JwsError::BadSignature),
+        }
+        let claims: Map<String, Value> = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or(JwsError::Malformed)?;
+        Ok(VerifiedJws {
+            typ: header.typ,
+            kid,
+            claims,
+        })
+    }
 }
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut kids: Vec<&String> = self.verifiers.keys().collect();
+        let mut kids: Vec<&String> = self.verifiers.keys.keys().collect();
         kids.sort();
         f.debug_struct("KeyRing")
             .field("current_kid", &self.signer.kid)
@@ -507,7 +659,7 @@ impl KeyRing {
                 alg: signer_alg,
                 encoding: private.encoding,
             },
-            verifiers,
+            verifiers: Verifiers { keys: verifiers },
             jwks: Bytes::from(jwks),
         })
     }
@@ -537,63 +689,9 @@ impl KeyRing {
             .map_err(|e| SigningError::Crypto(e.to_string()))
     }
 
-    /// Checks a compact JWS: a `kid` this ring holds and that is not past its `not_after`
-    /// at `now`, a header `alg` equal to that key's algorithm, no `crit`, and a valid
-    /// signature. Claims are returned unchecked: the caller validates them.
+    /// Checks a compact JWS against the ring's verifying keys ([`Verifiers::verify`]).
     pub fn verify(&self, token: &str, now: UnixMillis) -> Result<VerifiedJws, JwsError> {
-        #[derive(serde::Deserialize)]
-        struct JoseHeader {
-            alg: String,
-            #[serde(default)]
-            kid: Option<String>,
-            #[serde(default)]
-            typ: Option<String>,
-            #[serde(default)]
-            crit: Option<serde::de::IgnoredAny>,
-        }
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(JwsError::Malformed);
-        };
-        let header: JoseHeader = URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .ok()
-            .and_then(|json| serde_json::from_slice(&json).ok())
-            .ok_or(JwsError::Malformed)?;
-        if header.crit.is_some() {
-            return Err(JwsError::Malformed);
-        }
-        let kid = header.kid.ok_or(JwsError::UnknownKid)?;
-        let key = self
-            .verifiers
-            .get(&kid)
-            .filter(|k| k.not_after.is_none_or(|t| now < t))
-            .ok_or(JwsError::UnknownKid)?;
-        if header.alg != alg_name(key.alg) {
-            return Err(JwsError::AlgorithmMismatch);
-        }
-        let message = &token[..header_b64.len() + 1 + payload_b64.len()];
-        match jsonwebtoken::crypto::verify(
-            signature_b64,
-            message.as_bytes(),
-            &key.decoding,
-            jws_algorithm(key.alg),
-        ) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Err(JwsError::BadSignature),
-        }
-        let claims: Map<String, Value> = URL_SAFE_NO_PAD
-            .decode(payload_b64)
-            .ok()
-            .and_then(|json| serde_json::from_slice(&json).ok())
-            .ok_or(JwsError::Malformed)?;
-        Ok(VerifiedJws {
-            typ: header.typ,
-            kid,
-            claims,
-        })
+        self.verifiers.verify(token, now)
     }
 }
 

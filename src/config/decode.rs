@@ -331,10 +331,11 @@ fn tokens(mut m: MapReader<'_>) -> TokensConfig {
         .duration("refresh_reuse_grace")
         .unwrap_or(defaults::REFRESH_REUSE_GRACE);
     let signing = signing(m.section("signing"));
+    let mut seen = std::collections::HashSet::new();
     let trusted_issuers = m
         .maps("trusted_issuers")
         .into_iter()
-        .map(trusted_issuer)
+        .map(|m| trusted_issuer(m, &issuer, &mut seen))
         .collect();
     m.finish();
     TokensConfig {
@@ -359,9 +360,25 @@ fn signing(mut m: MapReader<'_>) -> SigningConfig {
     config
 }
 
-fn trusted_issuer(mut m: MapReader<'_>) -> TrustedIssuer {
+fn trusted_issuer(
+    mut m: MapReader<'_>,
+    own_issuer: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> TrustedIssuer {
+    let issuer = m.required("issuer", MapReader::str).unwrap_or_default();
+    // Tokens are routed to an issuer's keys by their `iss`: it must name one issuer only.
+    m.check(
+        "issuer",
+        issuer != own_issuer,
+        "is `tokens.issuer`, Gatehouse's own tokens",
+    );
+    m.check(
+        "issuer",
+        issuer.is_empty() || seen.insert(issuer.clone()),
+        "listed twice",
+    );
     let config = TrustedIssuer {
-        issuer: m.required("issuer", MapReader::str).unwrap_or_default(),
+        issuer,
         jwks_uri: m
             .required("jwks_uri", |m, key| m.parsed(key, "a URL", http_url))
             .unwrap_or_default(),
@@ -2066,6 +2083,19 @@ bogus: 1
                 "5:30: `tokens.trusted_issuers[0].jwks_uri`: invalid URL \"ftp://k\": expected an \
                  http:// or https:// URL",
                 "6:7: missing required key `issuer` in `tokens.trusted_issuers[1]`",
+            ]
+        );
+    }
+
+    #[test]
+    fn trusted_issuers_name_one_issuer_each() {
+        assert_eq!(
+            errors(
+                "tokens:\n  issuer: https://gh.test\n  trusted_issuers:\n    - { issuer: https://gh.test, jwks_uri: https://k }\n    - { issuer: https://idp, jwks_uri: https://k }\n    - { issuer: https://idp, jwks_uri: https://j }\n"
+            ),
+            [
+                "4:17: `tokens.trusted_issuers[0].issuer`: is `tokens.issuer`, Gatehouse's own tokens",
+                "6:17: `tokens.trusted_issuers[2].issuer`: listed twice",
             ]
         );
     }

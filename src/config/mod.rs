@@ -128,7 +128,7 @@ pub struct SigningConfig {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedIssuer {
     pub issuer: String,
     pub jwks_uri: String,

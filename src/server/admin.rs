@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -10,6 +11,7 @@ use hyper::body::Incoming;
 
 use crate::accounts::Accounts;
 use crate::body::ResBody;
+use crate::metrics::{FetchResult, IssuerLabel, JwksFetchLabels};
 use crate::problem::ApiError;
 use crate::state::{LiveSnapshot, Shared};
 
@@ -64,6 +66,27 @@ pub async fn handle(
                 .metrics
                 .auth_store_lookups
                 .set(i64::try_from(lookups).unwrap_or(i64::MAX));
+            for issuer in accounts.authenticator().trusted().stats() {
+                let fetches = |result| {
+                    shared.metrics.jwks_fetches.get_or_create(&JwksFetchLabels {
+                        issuer: issuer.issuer.clone(),
+                        result,
+                    })
+                };
+                fetches(FetchResult::ok)
+                    .inner()
+                    .store(issuer.fetches_ok, Ordering::Relaxed);
+                fetches(FetchResult::error)
+                    .inner()
+                    .store(issuer.fetches_failed, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .jwks_age
+                    .get_or_create(&IssuerLabel {
+                        issuer: issuer.issuer.clone(),
+                    })
+                    .set(issuer.age_secs.unwrap_or(-1.0));
+            }
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -177,6 +177,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         gateway.accounts.clone(),
         gateway.live.clone(),
     ));
+    tokio::spawn(refresh_trusted_issuers(
+        gateway.accounts.clone(),
+        gateway.live.clone(),
+    ));
     tokio::spawn(purge_expired(gateway.shared.store.clone()));
     tokio::spawn(maintenance(gateway.accounts.clone(), gateway.live.clone()));
 
@@ -218,6 +222,22 @@ async fn refresh_signing_keys(accounts: Arc<Accounts>, live: LiveSnapshot) {
         {
             tracing::warn!(target: "gatehouse::accounts", error = %e, "cannot re-read the signing keys; keeping the current ones");
         }
+    }
+}
+
+/// How often the trusted issuers are matched to the live config and their JWKS refreshed
+/// when due (first fetch, every few minutes, sooner after a failure).
+const TRUSTED_ISSUERS_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn refresh_trusted_issuers(accounts: Arc<Accounts>, live: LiveSnapshot) {
+    let mut tick = tokio::time::interval(TRUSTED_ISSUERS_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let config = live.load_full().config.clone();
+        let auth = accounts.authenticator();
+        auth.sync_trusted(&config.tokens.trusted_issuers, &config.tokens.audience);
+        auth.trusted().refresh_due().await;
     }
 }
 

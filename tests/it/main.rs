@@ -12,3 +12,4 @@ mod protocols;
 mod proxy;
 mod streaming;
 mod support;
+mod trusted;

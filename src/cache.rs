@@ -57,6 +57,45 @@ impl From<&CacheConfig> for CacheSettings {
 struct Cached<V> {
     value: Option<V>,
     lifetime: Duration,
+    /// When the entry expires (load time + `lifetime`).
+    expires: Instant,
+}
+
+impl<V> Cached<V> {
+    fn new(value: Option<V>, lifetime: Duration) -> Self {
+        Cached {
+            value,
+            lifetime,
+            expires: Instant::now() + lifetime,
+        }
+    }
+}
+
+/// The earliest expiry of the cache entries an answer was derived from: something built
+/// from several lookups (a principal) may be reused until then and no longer, so it is
+/// never staler than the entries themselves (at most `cache.ttl`).
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub until: Instant,
+}
+
+impl Validity {
+    /// Starts at `ttl` from now; each lookup can only shorten it.
+    pub fn new(ttl: Duration) -> Validity {
+        Validity {
+            until: Instant::now() + ttl,
+        }
+    }
+
+    fn narrow(&mut self, until: Instant) {
+        self.until = self.until.min(until);
+    }
+
+    /// Not past `deadline` (milliseconds since the epoch, judged at `now`).
+    pub fn narrow_to(&mut self, deadline: UnixMillis, now: UnixMillis) {
+        let left = u64::try_from(deadline.saturating_sub(now)).unwrap_or(0);
+        self.narrow(Instant::now() + Duration::from_millis(left));
+    }
 }
 
 /// What the session cache keeps of a session: just enough to decide liveness at any `now`.
@@ -167,6 +206,16 @@ impl AuthCache {
     /// `expires_at`; an unknown hash is remembered for `negative_ttl`. Concurrent misses for
     /// one hash make one store call.
     pub async fn api_key(&self, hash: &TokenHash) -> Result<Option<Arc<ApiKey>>, StoreError> {
+        self.api_key_within(hash, &mut Validity::new(self.settings.ttl))
+            .await
+    }
+
+    /// [`AuthCache::api_key`], narrowing `validity` to the entry's expiry.
+    pub async fn api_key_within(
+        &self,
+        hash: &TokenHash,
+        validity: &mut Validity,
+    ) -> Result<Option<Arc<ApiKey>>, StoreError> {
         let cached = self
             .lookup(&self.api_keys, hash, async {
                 let key = self.store.get_api_key_by_hash(hash).await?;
@@ -175,28 +224,34 @@ impl AuthCache {
                     key.as_ref().and_then(|k| k.expires_at),
                     wall_clock_millis(),
                 );
-                Ok(Cached {
-                    value: key.map(Arc::new),
-                    lifetime,
-                })
+                Ok(Cached::new(key.map(Arc::new), lifetime))
             })
             .await?;
+        validity.narrow(cached.expires);
         Ok(cached.value)
     }
 
     /// The user with this id (`None`, cached for `negative_ttl`, when there is none). The
     /// caller checks `disabled`.
     pub async fn user(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
+        self.user_within(id, &mut Validity::new(self.settings.ttl))
+            .await
+    }
+
+    /// [`AuthCache::user`], narrowing `validity` to the entry's expiry.
+    pub async fn user_within(
+        &self,
+        id: &str,
+        validity: &mut Validity,
+    ) -> Result<Option<Arc<User>>, StoreError> {
         let cached = self
             .lookup(&self.users, id, async {
                 let user = self.store.get_user(id).await?;
                 let lifetime = self.lifetime(user.is_some(), None, 0);
-                Ok(Cached {
-                    value: user.map(Arc::new),
-                    lifetime,
-                })
+                Ok(Cached::new(user.map(Arc::new), lifetime))
             })
             .await?;
+        validity.narrow(cached.expires);
         Ok(cached.value)
     }
 
@@ -207,6 +262,18 @@ impl AuthCache {
     /// reported inactive at once; the entry itself lives `ttl` but not past the session's
     /// expiry (unknown sessions: `negative_ttl`).
     pub async fn session_active(&self, id: &str, now: UnixMillis) -> Result<bool, StoreError> {
+        self.session_active_within(id, now, &mut Validity::new(self.settings.ttl))
+            .await
+    }
+
+    /// [`AuthCache::session_active`], narrowing `validity` to the entry's expiry (which is
+    /// never past the session's own).
+    pub async fn session_active_within(
+        &self,
+        id: &str,
+        now: UnixMillis,
+        validity: &mut Validity,
+    ) -> Result<bool, StoreError> {
         let cached = self
             .lookup(&self.sessions, id, async {
                 let session = self.store.get_session(id).await?;
@@ -215,12 +282,10 @@ impl AuthCache {
                     session.as_ref().map(|s| s.expires_at),
                     now,
                 );
-                Ok(Cached {
-                    value: session.as_ref().map(session_state),
-                    lifetime,
-                })
+                Ok(Cached::new(session.as_ref().map(session_state), lifetime))
             })
             .await?;
+        validity.narrow(cached.expires);
         Ok(cached.value.is_some_and(|state| state.is_active(now)))
     }
 
@@ -288,6 +353,12 @@ impl AuthCache {
                 Err(e)
             }
         }
+    }
+
+    /// Changes with every eviction: something derived from cached records before a
+    /// change (a revoked key, a logout, an updated user) is recognisable as stale after it.
+    pub fn generation(&self) -> u64 {
+        self.evictions.load(Ordering::Acquire)
     }
 
     /// How many store lookups the cache has made (misses, negative ones included).
@@ -419,6 +490,20 @@ impl<T: Send + Sync + 'static> TokenCache<T> {
             return;
         }
         let lifetime = self.ttl.min(millis(valid_until - now));
+        self.cache
+            .insert(hash, TokenEntry { value, lifetime })
+            .await;
+    }
+
+    /// Caches `value` until the instant `until`, at most `ttl` from now; nothing when
+    /// `until` has passed.
+    pub async fn insert_until(&self, hash: TokenHash, value: Arc<T>, until: Instant) {
+        let lifetime = self
+            .ttl
+            .min(until.saturating_duration_since(Instant::now()));
+        if lifetime.is_zero() {
+            return;
+        }
         self.cache
             .insert(hash, TokenEntry { value, lifetime })
             .await;
@@ -807,10 +892,10 @@ mod tests {
             .cache
             .lookup(&r.cache.users, user.id.as_str(), async {
                 r.cache.evict_user(&user.id).await;
-                Ok(Cached {
-                    value: Some(Arc::new(user.clone())),
-                    lifetime: Duration::from_secs(60),
-                })
+                Ok(Cached::new(
+                    Some(Arc::new(user.clone())),
+                    Duration::from_secs(60),
+                ))
             })
             .await
             .unwrap();

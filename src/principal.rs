@@ -2,6 +2,8 @@
 //! injection, and its rendering as SPEC section 3's identity headers (used by the proxy and
 //! by forward-auth alike).
 
+use std::sync::{Arc, LazyLock, OnceLock};
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 static X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
@@ -40,7 +42,41 @@ pub struct Principal {
     pub scopes: Option<Vec<String>>,
     pub key_id: Option<String>,
     pub session_id: Option<String>,
+    /// The identity headers, rendered on first use: a principal served from the cache is
+    /// shared by every request of its credential, so they are rendered once, not per request.
+    pub rendered: Rendered,
 }
+
+/// A principal's identity headers once rendered. Not part of its identity: equal whatever
+/// it holds, and a clone starts empty (the clone may be changed before it is rendered).
+#[derive(Default)]
+pub struct Rendered(OnceLock<Vec<(HeaderName, HeaderValue)>>);
+
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Rendered::default()
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Rendered"
+        } else {
+            "NotRendered"
+        })
+    }
+}
+
+static ANONYMOUS: LazyLock<Arc<Principal>> = LazyLock::new(|| Arc::new(Principal::anonymous()));
 
 impl Principal {
     /// The principal of a request without (or with an ignored) credential.
@@ -54,7 +90,13 @@ impl Principal {
             scopes: None,
             key_id: None,
             session_id: None,
+            rendered: Rendered::default(),
         }
+    }
+
+    /// The anonymous principal, shared.
+    pub fn shared_anonymous() -> Arc<Principal> {
+        ANONYMOUS.clone()
     }
 
     pub fn is_anonymous(&self) -> bool {
@@ -64,11 +106,18 @@ impl Principal {
     /// Sets the identity headers (`X-Auth-Method`, `X-User-*`, `X-Auth-Key-Id`,
     /// `X-Auth-Session-Id`); the caller has deleted any client-sent ones first.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(
+        for (name, value) in self.rendered.0.get_or_init(|| self.render()) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    fn render(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(7);
+        out.push((
             X_AUTH_METHOD.clone(),
             HeaderValue::from_static(self.method.as_str()),
-        );
-        let pairs: [(&str, Option<&str>); 5] = [
+        ));
+        let pairs: [(&'static str, Option<&str>); 5] = [
             ("x-user-id", self.user_id.as_deref()),
             ("x-user-email", self.email.as_deref()),
             ("x-user-name", self.username.as_deref()),
@@ -77,13 +126,14 @@ impl Principal {
         ];
         for (name, value) in pairs {
             if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(HeaderName::from_static(name), v);
+                out.push((HeaderName::from_static(name), v));
             }
         }
         if !self.roles.is_empty()
             && let Ok(v) = HeaderValue::from_str(&self.roles.join(","))
         {
-            headers.insert(X_USER_ROLES.clone(), v);
+            out.push((X_USER_ROLES.clone(), v));
         }
+        out
     }
 }

@@ -213,7 +213,7 @@ pub struct Issued {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: User,
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
 }
 
 impl Caller {

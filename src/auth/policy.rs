@@ -2,6 +2,8 @@
 //! any-of, scopes all-of, and where publishable keys count. Pure: it gets what
 //! authentication found and answers who the request goes upstream as, or why not.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, Method, header};
 
 use crate::config::{AuthMode, Config, RouteConfig};
@@ -68,9 +70,9 @@ pub async fn authorize(
     config: &Config,
     route: &RouteConfig,
     req: &RequestFacts<'_>,
-) -> Result<Principal, Denied> {
+) -> Result<Arc<Principal>, Denied> {
     if route.auth == AuthMode::Public {
-        return Ok(Principal::anonymous());
+        return Ok(Principal::shared_anonymous());
     }
     let found = match super::presented(req.headers, req.session_cookie, &route.credentials) {
         None => None,
@@ -125,23 +127,23 @@ fn permitted(route: &RouteConfig, principal: &Principal) -> bool {
 /// gave. `public` routes should not even authenticate (the caller skips it).
 pub fn decide(
     route: &RouteConfig,
-    found: Option<Result<Principal, AuthError>>,
-) -> Result<Principal, Denied> {
+    found: Option<Result<Arc<Principal>, AuthError>>,
+) -> Result<Arc<Principal>, Denied> {
     match route.auth {
-        AuthMode::Public => Ok(Principal::anonymous()),
+        AuthMode::Public => Ok(Principal::shared_anonymous()),
         // Optional: anything short of a usable, permitted principal goes on as anonymous
         // (inspir's optionalAuth); a store outage is still an outage, not an anonymous user.
         AuthMode::Optional => match found {
             None
             | Some(Err(
                 AuthError::InvalidApiKey | AuthError::Token(_) | AuthError::SessionRevoked,
-            )) => Ok(Principal::anonymous()),
+            )) => Ok(Principal::shared_anonymous()),
             Some(Err(e @ AuthError::Store(_))) => Err(Denied::Invalid(e)),
             Some(Ok(p)) => {
                 let publishable_refused =
                     p.method == AuthMethod::PublishableKey && !route.allow_publishable_keys;
                 if publishable_refused || !permitted(route, &p) {
-                    Ok(Principal::anonymous())
+                    Ok(Principal::shared_anonymous())
                 } else {
                     Ok(p)
                 }

@@ -295,6 +295,7 @@ fn principal(claims: &Map<String, Value>, roles_claim: &str) -> Result<Principal
         scopes: string_list(claims.get("scope").or_else(|| claims.get("scp"))),
         key_id: None,
         session_id: None,
+        rendered: Default::default(),
     })
 }
 

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # What authentication costs on the proxy path: the same upstream through a public route
-# (no auth), an API-key route (cache hit) and a JWT route (verified-token cache hit), measured
-# interleaved in one run and reported as ratios against the public route.
+# (no auth), an API-key route (cache hit), the same with the route's own rate limit, a
+# Gatehouse JWT (verified-token cache hit), a fresh Gatehouse JWT on every request (an EdDSA
+# signature check each time: tokens of the same real session minted in advance by
+# mint-tokens.py) and an external IdP's ES256 JWT (tokens.trusted_issuers, JWKS served
+# here), measured interleaved in one run and reported as ratios against the public route.
 #
 #   benches/auth-load.sh [--duration 10s] [--reps 3] [--connections 64] [--no-build]
 #
 # Gatehouse and the echo upstream are pinned to SERVER_CPUS (default 1), wrk to LOADGEN_CPUS
 # (default 0). Targets (issue 4): API key >= 95% and cached JWT >= 90% of the public route.
-# Needs: wrk, curl, taskset, cargo.
+# Needs: wrk, curl, taskset, cargo, python3 with PyJWT + cryptography (as the tests).
 set -euo pipefail
 
 DURATION=10s REPS=3 CONNS=64 BUILD=1
@@ -47,9 +50,11 @@ free_port() { local p; for _ in $(seq 1 200); do p=$(( 20000 + RANDOM % 30000 ))
 start() { local name=$1 port=$2; shift 2; "${PIN_SRV[@]}" "$@" >"$WORK/$name.log" 2>&1 </dev/null & PIDS+=("$!")
   for _ in $(seq 1 150); do port_open "$port" && return 0; sleep 0.1; done; cat "$WORK/$name.log" >&2; die "$name did not start"; }
 
-UP=$(free_port); GH=$(free_port); ADM=$(free_port)
+UP=$(free_port); GH=$(free_port); ADM=$(free_port); JWKS=$(free_port)
+python3 "$HERE/mint-tokens.py" keys "$WORK" || die "python3 with PyJWT + cryptography needed"
 start upstream "$UP" "$BIN" echo --listen "127.0.0.1:$UP"
-export GATEHOUSE_BENCH_PORT=$GH GATEHOUSE_BENCH_ADMIN_PORT=$ADM GATEHOUSE_BENCH_UPSTREAM_PORT=$UP GATEHOUSE_BENCH_DIR=$WORK
+"${PIN_GEN[@]}" python3 -m http.server "$JWKS" --bind 127.0.0.1 --directory "$WORK" >"$WORK/jwks.log" 2>&1 </dev/null & PIDS+=("$!")
+export GATEHOUSE_BENCH_PORT=$GH GATEHOUSE_BENCH_ADMIN_PORT=$ADM GATEHOUSE_BENCH_UPSTREAM_PORT=$UP GATEHOUSE_BENCH_DIR=$WORK GATEHOUSE_BENCH_JWKS_PORT=$JWKS
 start gatehouse "$GH" "$BIN" serve --config "$HERE/auth-bench.yaml"
 BASE=http://127.0.0.1:$GH
 curl -sf "$BASE/auth/register" -H 'content-type: application/json' \
@@ -59,21 +64,39 @@ curl -sf "$BASE/auth/api-keys" -H 'content-type: application/json' -H "authoriza
   -d '{"name":"bench"}' >"$WORK/key.json" || die "api key failed"
 KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$WORK/key.json")
 
-run() { # row -> "rps p99_us non2xx"
-  local row=$1 hdr=()
-  case $row in key) hdr=(-H "X-API-Key: $KEY") ;; jwt) hdr=(-H "Authorization: Bearer $TOKEN") ;; esac
-  timeout $(( DUR_S + 30 )) "${PIN_GEN[@]}" wrk -t1 -c"$CONNS" -d"$DUR_S"s --latency "${hdr[@]}" \
-    -s "$HERE/wrk-report.lua" "$BASE/$row" >"$WORK/$row.out" 2>&1 || true
-  awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+EXT=$(python3 "$HERE/mint-tokens.py" ext "$WORK" 1 /dev/stdout | head -1)
+# Fresh tokens: one file per round (warm-up included), each more than a round can send
+# (FRESH_PER_SECOND x duration), so no token is presented twice in a run.
+FRESH_PER_SECOND=${FRESH_PER_SECOND:-12000}
+FRESH_N=$(( FRESH_PER_SECOND * DUR_S ))
+echo "minting $(( (REPS + 1) * FRESH_N )) fresh tokens..." >&2
+for rep in $(seq 0 "$REPS"); do
+  python3 "$HERE/mint-tokens.py" own "$WORK" "$TOKEN" "$FRESH_N" "$WORK/fresh-$rep.txt" || die "minting failed"
+done
+curl -sf "$BASE/jwt/check" -H "authorization: Bearer $EXT" >/dev/null || die "external token refused (JWKS not fetched?)"
+curl -sf "$BASE/jwt/check" -H "authorization: Bearer $(head -1 "$WORK/fresh-0.txt")" >/dev/null || die "minted token refused"
+
+run() { # row rep -> "rps p99_us non2xx"
+  local row=$1 rep=$2 hdr=() path=$1 script=$HERE/wrk-report.lua
+  case $row in
+    key|limited) hdr=(-H "X-API-Key: $KEY") ;;
+    jwt) hdr=(-H "Authorization: Bearer $TOKEN") ;;
+    ext) hdr=(-H "Authorization: Bearer $EXT"); path=jwt ;;
+    fresh) script=$HERE/wrk-tokens.lua; path=jwt ;;
+  esac
+  TOKENS_FILE=$WORK/fresh-$rep.txt timeout $(( DUR_S + 60 )) "${PIN_GEN[@]}" wrk -t1 -c"$CONNS" -d"$DUR_S"s --latency "${hdr[@]}" \
+    -s "$script" "$BASE/$path" >"$WORK/$row.out" 2>&1 || true
+  awk -v fresh="$([ "$row" = fresh ] && echo "$FRESH_N" || echo 0)" '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    if (fresh > 0 && v["requests"] > fresh) printf "auth-load.sh: %d requests > %d fresh tokens: some were reused (raise FRESH_PER_SECOND)\n", v["requests"], fresh > "/dev/stderr"
     printf "%.0f %d %d\n", v["requests"] / (v["duration_us"] / 1e6), v["p99_us"], v["err_status"] + v["err_connect"] + v["err_timeout"] }' "$WORK/$row.out"
 }
-ROWS=(plain key jwt)
+ROWS=(plain key limited jwt fresh ext)
 declare -A RPS P99
-for r in "${ROWS[@]}"; do run "$r" >/dev/null; done  # warm-up
+for r in "${ROWS[@]}"; do run "$r" 0 >/dev/null; done  # warm-up
 for rep in $(seq 1 "$REPS"); do
-  order=("${ROWS[@]}"); [ $(( rep % 2 )) = 0 ] && order=(jwt key plain)
+  order=("${ROWS[@]}"); [ $(( rep % 2 )) = 0 ] && order=(ext fresh jwt limited key plain)
   for r in "${order[@]}"; do
-    read -r rps p99 errs < <(run "$r")
+    read -r rps p99 errs < <(run "$r" "$rep")
     [ "$errs" = 0 ] || echo "auth-load.sh: $errs failed requests on $r" >&2
     RPS[$r]+="$rps "; P99[$r]+="$p99 "
     echo "rep $rep $r: $rps req/s p99 $p99 us" >&2
@@ -86,6 +109,8 @@ echo "Gatehouse on cpu(s) $SERVER_CPUS, wrk -c$CONNS on $LOADGEN_CPUS; $REPS rep
 printf '%-22s %10s %10s %12s\n' row "req/s" "p99 us" "vs public"
 for r in "${ROWS[@]}"; do
   m=$(median "${RPS[$r]}"); p=$(median "${P99[$r]}")
-  label=$r; case $r in plain) label="public (no auth)";; key) label="API key (cache hit)";; jwt) label="JWT (cache hit)";; esac
+  label=$r; case $r in plain) label="public (no auth)";; key) label="API key (cache hit)";;
+    limited) label="API key + route limit";; jwt) label="JWT (cache hit)";; fresh) label="JWT fresh (EdDSA)";;
+    ext) label="IdP JWT ES256 (hit)";; esac
   awk -v l="$label" -v m="$m" -v p="$p" -v b="$base" 'BEGIN { printf "%-22s %10d %10d %11.2fx\n", l, m, p, m / b }'
 done

@@ -13,12 +13,25 @@
 //!   CRC-32, then SHA-256) and of a key with a bad checksum (refused before any hashing: the
 //!   cost of a flood of made-up keys); baseline `api_key/sha256/<shape>`: `hash_key` of the same
 //!   string alone, what any lookup by digest has to pay anyway.
+//! * `auth_cache/<row>` - `Authenticator::authenticate` of a credential it has resolved once
+//!   before, every cache warm (in-memory SQLite store, one user, one secret key, one session):
+//!   `api_key_hit` (a valid `sk_` key) and `access_token_hit` (a Gatehouse access token);
+//!   baseline `auth_cache/user_hit`: one `AuthCache::user` hit. Every row runs through
+//!   `block_on` of a current-thread runtime; `auth_cache/block_on` is that overhead alone.
+//!   Before timing, the ring is swapped for one without the token's key and the store lookups
+//!   are counted, so only cache hits can succeed; the group asserts that none failed or
+//!   reached the store.
+//! * `jwt_verify/verify/<alg>` - `jwt::verify_access` of an access token (no cache) for EdDSA,
+//!   ES256 and RS256 (RSA 2048); baseline `jwt_verify/decode/<alg>`: everything but the
+//!   signature check (split, base64url-decode the three parts, parse header and payload, the
+//!   claims struct), so the ratio is the price of the signature.
 //!
 //! After criterion's own output, a table `bench / ns per op / ratio to baseline` is printed from
 //! the `new/estimates.json` files this process wrote (median of the samples).
 //!
 //!     CARGO_TARGET_DIR=/work/target-bench cargo bench --bench core
 //!     cargo bench --bench core -- route        # only the router benches
+//!     cargo bench --bench core -- 'auth_cache|jwt_verify'   # only the authentication benches
 //!     cargo bench --bench core -- --quick      # shorter, noisier
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -27,15 +40,25 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{BenchmarkId, Criterion};
-use gatehouse::auth::api_key;
-use gatehouse::config::{AuthMode, CredentialKind, HostMatch, RouteConfig, UpstreamConfig};
-use gatehouse::principal::Principal;
+use gatehouse::auth::jwt::{self, AccessClaims, Expectation};
+use gatehouse::auth::signing::{self, KeyRing};
+use gatehouse::auth::{Authenticator, Presented, TokenRules, api_key};
+use gatehouse::cache::{AuthCache, CacheSettings};
+use gatehouse::config::{
+    AuthMode, CredentialKind, HostMatch, RouteConfig, SigningAlg, UpstreamConfig,
+};
+use gatehouse::principal::{AuthMethod, Principal};
 use gatehouse::proxy::headers;
 use gatehouse::router::Router;
-use gatehouse::store::ApiKeyKind;
+use gatehouse::store::{
+    ApiKey, ApiKeyKind, Session, SqliteStore, Store, UnixMillis, User, new_id, unix_now,
+};
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -327,6 +350,217 @@ fn bench_api_key(c: &mut Criterion) {
     group.finish();
 }
 
+// ------------------------------------------------------------------------------ auth cache
+
+const ISSUER: &str = "https://auth.bench.test";
+const AUDIENCE: &str = "gatehouse-bench";
+
+/// The claims of an access token for `user_id` in session `sid`, valid for an hour from
+/// `now_secs` (what a login would issue).
+fn access_claims(user_id: &str, sid: &str, now_secs: i64) -> AccessClaims {
+    AccessClaims {
+        iss: ISSUER.into(),
+        sub: user_id.into(),
+        aud: AUDIENCE.into(),
+        exp: now_secs + 3600,
+        iat: now_secs,
+        jti: new_id(),
+        sid: sid.into(),
+        roles: vec!["user".into(), "billing".into()],
+        amr: vec!["pwd".into()],
+        email: Some("ada@example.test".into()),
+        username: Some("ada".into()),
+        scope: None,
+    }
+}
+
+fn ring(alg: SigningAlg, now: UnixMillis) -> KeyRing {
+    KeyRing::new(&[signing::generate(alg, now).unwrap()], now).unwrap()
+}
+
+/// A user, one of its secret API keys and one of its sessions in an in-memory SQLite store.
+struct Account {
+    user: User,
+    key: String,
+    session: Session,
+}
+
+async fn account(store: &dyn Store, now: UnixMillis) -> Account {
+    let user = User {
+        id: new_id(),
+        email: Some("ada@example.test".into()),
+        username: Some("ada".into()),
+        name: Some("Ada".into()),
+        external_id: None,
+        email_verified: true,
+        roles: vec!["user".into(), "billing".into()],
+        disabled: false,
+        password_hash: None,
+        mfa: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store.create_user(&user).await.unwrap();
+    let generated = api_key::generate(ApiKeyKind::Secret);
+    store
+        .create_api_key(&ApiKey {
+            id: new_id(),
+            user_id: user.id.clone(),
+            kind: ApiKeyKind::Secret,
+            name: "bench".into(),
+            prefix: generated.prefix.clone(),
+            key_hash: generated.hash,
+            scopes: None,
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        })
+        .await
+        .unwrap();
+    let session = Session {
+        id: new_id(),
+        user_id: user.id.clone(),
+        created_at: now,
+        last_used_at: now,
+        expires_at: now + 24 * 3600 * 1000,
+        user_agent: None,
+        ip: None,
+        amr: vec!["pwd".into()],
+        revoked_at: None,
+    };
+    store.create_session(&session, None).await.unwrap();
+    Account {
+        user,
+        key: generated.key,
+        session,
+    }
+}
+
+fn bench_auth_cache(c: &mut Criterion) {
+    // A current-thread runtime, entered once per iteration with `block_on`: criterion's
+    // `async_tokio` feature is not enabled. The `block_on` row measures that overhead alone.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let now = unix_now();
+    let rules = TokenRules {
+        issuer: ISSUER,
+        audience: AUDIENCE,
+        // As on the proxy path (no trusted issuer is configured here).
+        external: true,
+    };
+    // Long lifetimes: every entry stays warm for the whole group.
+    let settings = CacheSettings {
+        ttl: Duration::from_secs(3600),
+        negative_ttl: Duration::from_secs(3600),
+        max_entries: 10_000,
+    };
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let acct = rt.block_on(account(store.as_ref(), now));
+    let cache = AuthCache::new(Arc::clone(&store), settings);
+    let signer = ring(SigningAlg::EdDsa, now);
+    let token = jwt::issue_access(
+        &signer,
+        &access_claims(&acct.user.id, &acct.session.id, now / 1000),
+    )
+    .unwrap();
+    let auth = Authenticator::new(cache, 10_000, Duration::from_secs(3600), signer);
+
+    // Warm every cache: the first calls go to the store and verify the token's signature.
+    let by_key = rt
+        .block_on(auth.authenticate(Presented::ApiKey(&acct.key), rules, now))
+        .unwrap();
+    assert_eq!(by_key.method, AuthMethod::ApiKey);
+    assert_eq!(by_key.user_id.as_deref(), Some(acct.user.id.as_str()));
+    let by_token = rt
+        .block_on(auth.authenticate(Presented::Jwt(&token), rules, now))
+        .unwrap();
+    assert_eq!(by_token.method, AuthMethod::Jwt);
+    assert_eq!(
+        by_token.session_id.as_deref(),
+        Some(acct.session.id.as_str())
+    );
+    // Only a hit can succeed from here on: a ring that does not hold the token's key makes a
+    // signature check fail, and the store lookups are counted.
+    auth.set_keys(ring(SigningAlg::EdDsa, now));
+    let lookups = auth.cache().store_lookups();
+    assert_eq!(lookups, 3, "api key, user, session");
+
+    let mut failures = 0u64;
+    let mut group = c.benchmark_group("auth_cache");
+    group.bench_function("block_on", |b| {
+        b.iter(|| rt.block_on(async { black_box(1) }))
+    });
+    group.bench_function("user_hit", |b| {
+        b.iter(|| {
+            let found = rt.block_on(auth.cache().user(black_box(&acct.user.id)));
+            failures += u64::from(!matches!(found, Ok(Some(_))));
+            found
+        })
+    });
+    group.bench_function("api_key_hit", |b| {
+        b.iter(|| {
+            let p =
+                rt.block_on(auth.authenticate(Presented::ApiKey(black_box(&acct.key)), rules, now));
+            failures += u64::from(p.is_err());
+            p
+        })
+    });
+    group.bench_function("access_token_hit", |b| {
+        b.iter(|| {
+            let p = rt.block_on(auth.authenticate(Presented::Jwt(black_box(&token)), rules, now));
+            failures += u64::from(p.is_err());
+            p
+        })
+    });
+    group.finish();
+    assert_eq!(failures, 0, "a benched lookup missed or failed");
+    assert_eq!(
+        auth.cache().store_lookups(),
+        lookups,
+        "a benched lookup went to the store"
+    );
+}
+
+// ------------------------------------------------------------------------------ jwt verify
+
+/// What `verify_access` does besides the signature check: split, base64url-decode the three
+/// parts, parse header and payload as JSON objects, and turn the payload into the claims.
+fn decode_only(token: &str) -> Option<AccessClaims> {
+    let mut parts = token.split('.');
+    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
+    let _: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+    black_box(URL_SAFE_NO_PAD.decode(signature).ok()?);
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    serde_json::from_value(serde_json::Value::Object(claims)).ok()
+}
+
+fn bench_jwt_verify(c: &mut Criterion) {
+    let now = unix_now();
+    let expect = Expectation::new(ISSUER, AUDIENCE, now / 1000);
+    let claims = access_claims(&new_id(), &new_id(), now / 1000);
+    let mut group = c.benchmark_group("jwt_verify");
+    for alg in [SigningAlg::EdDsa, SigningAlg::Es256, SigningAlg::Rs256] {
+        let name = signing::alg_name(alg);
+        let ring = ring(alg, now);
+        let token = jwt::issue_access(&ring, &claims).unwrap();
+        // Sanity: the token verifies, and the decode-only baseline reads the same claims.
+        assert_eq!(jwt::verify_access(&ring, &token, &expect).unwrap(), claims);
+        assert_eq!(decode_only(&token).unwrap(), claims);
+        group.bench_with_input(BenchmarkId::new("decode", name), &token, |b, token| {
+            b.iter(|| decode_only(black_box(token)))
+        });
+        group.bench_with_input(BenchmarkId::new("verify", name), &token, |b, token| {
+            b.iter(|| jwt::verify_access(&ring, black_box(token), &expect))
+        });
+    }
+    group.finish();
+}
+
 // ------------------------------------------------------------------------------ ratio table
 
 /// Where criterion writes its results, found the way criterion itself looks for it.
@@ -387,6 +621,11 @@ fn baseline_of(id: &str) -> Option<String> {
         ["route", "router", shape] => Some(format!("route/hashmap/{shape}")),
         ["headers", "rewrite", shape] => Some(format!("headers/clone/{shape}")),
         ["api_key", "parse", shape] => Some(format!("api_key/sha256/{shape}")),
+        [
+            "auth_cache",
+            "api_key_hit" | "access_token_hit" | "block_on",
+        ] => Some("auth_cache/user_hit".to_owned()),
+        ["jwt_verify", "verify", alg] => Some(format!("jwt_verify/decode/{alg}")),
         _ => None,
     }
 }
@@ -430,6 +669,8 @@ fn main() {
     bench_router(&mut c);
     bench_headers(&mut c);
     bench_api_key(&mut c);
+    bench_auth_cache(&mut c);
+    bench_jwt_verify(&mut c);
     c.final_summary();
     print_table(since);
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod echo;
 pub mod endpoints;
+pub mod mail;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;

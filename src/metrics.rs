@@ -83,6 +83,22 @@ pub struct ReloadLabels {
     pub result: ReloadResult,
 }
 
+/// What became of an outgoing mail (src/mail/).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum MailResult {
+    sent,
+    /// Not delivered after every attempt, rejected by the server, or not buildable.
+    failed,
+    /// Not queued: the queue was full.
+    dropped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MailLabels {
+    pub result: MailResult,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~13 s: proxied requests on loopback take tens of microseconds.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -106,6 +122,7 @@ pub struct Metrics {
     /// Seconds since an issuer's JWKS was last fetched successfully; -1 before the first.
     /// A growing value means tokens are checked against stale keys (stale-if-error).
     pub jwks_age: Family<IssuerLabel, Gauge<f64, AtomicU64>>,
+    mail: Family<MailLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,6 +208,12 @@ impl Metrics {
             "Seconds since a trusted issuer's JWKS was last fetched successfully (-1: never)",
             jwks_age.clone(),
         );
+        let mail = Family::<MailLabels, Counter>::default();
+        registry.register(
+            "mail_messages",
+            "Outgoing mail, by result (sent, failed, dropped)",
+            mail.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -201,6 +224,7 @@ impl Metrics {
             auth_store_lookups,
             jwks_fetches,
             jwks_age,
+            mail,
         }
     }
 
@@ -242,6 +266,10 @@ impl Metrics {
 
     pub fn reload(&self, result: ReloadResult) {
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    pub fn mail(&self, result: MailResult) {
+        self.mail.get_or_create(&MailLabels { result }).inc();
     }
 
     /// The Prometheus text exposition.
@@ -296,11 +324,13 @@ mod tests {
         r.observe(503, 0.002);
         r.upstream_error(UpstreamErrorKind::connect);
         m.reload(ReloadResult::success);
+        m.mail(MailResult::sent);
         let text = m.encode();
         assert!(text.contains(r#"gatehouse_http_requests_total{route="api",class="2xx"} 1"#));
         assert!(text.contains(r#"gatehouse_http_requests_total{route="api",class="5xx"} 1"#));
         assert!(text.contains(r#"gatehouse_upstream_errors_total{route="api",kind="connect"} 1"#));
         assert!(text.contains(r#"gatehouse_config_reloads_total{result="success"} 1"#));
+        assert!(text.contains(r#"gatehouse_mail_messages_total{result="sent"} 1"#));
         assert!(text.contains("gatehouse_http_request_duration_seconds_bucket"));
     }
 }

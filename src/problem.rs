@@ -96,6 +96,8 @@ pub enum ApiError {
     Forbidden,
     #[error("this account is disabled")]
     AccountDisabled,
+    #[error("the email address of this account is not verified yet")]
+    EmailNotVerified,
     #[error("{field} is already taken")]
     AlreadyExists { field: &'static str },
     #[error("too many requests; retry in {} s", .0.retry_after_secs)]
@@ -137,6 +139,7 @@ impl ApiError {
             | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden
             | ApiError::AccountDisabled
+            | ApiError::EmailNotVerified
             | ApiError::PublishableKeyNotAllowed
             | ApiError::CsrfFailed => StatusCode::FORBIDDEN,
             ApiError::AlreadyExists { .. } => StatusCode::CONFLICT,
@@ -171,6 +174,7 @@ impl ApiError {
             ApiError::CsrfFailed => "csrf_failed",
             ApiError::Forbidden => "forbidden",
             ApiError::AccountDisabled => "account_disabled",
+            ApiError::EmailNotVerified => "email_not_verified",
             ApiError::AlreadyExists { .. } => "already_exists",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::NoRoute => "no_route",
@@ -202,6 +206,7 @@ impl ApiError {
             ApiError::CsrfFailed => "CSRF check failed",
             ApiError::Forbidden => "Forbidden",
             ApiError::AccountDisabled => "Account disabled",
+            ApiError::EmailNotVerified => "Email not verified",
             ApiError::AlreadyExists { .. } => "Already exists",
             ApiError::RateLimited(_) => "Rate limited",
             ApiError::NoRoute => "No route",
@@ -233,6 +238,7 @@ impl ApiError {
             | ApiError::CsrfFailed
             | ApiError::Forbidden
             | ApiError::AccountDisabled
+            | ApiError::EmailNotVerified
             | ApiError::AlreadyExists { .. }
             | ApiError::RateLimited(_)
             | ApiError::NoRoute
@@ -391,6 +397,7 @@ mod tests {
             ),
             (ApiError::CsrfFailed, 403, "csrf_failed"),
             (ApiError::AccountDisabled, 403, "account_disabled"),
+            (ApiError::EmailNotVerified, 403, "email_not_verified"),
             (
                 ApiError::AlreadyExists { field: "email" },
                 409,

@@ -10,6 +10,7 @@
 //! [`AccountError`], which `endpoints` maps to problem responses), or the clock: every call
 //! takes `now` in milliseconds.
 
+pub mod lifecycle;
 pub mod validate;
 
 use std::net::IpAddr;
@@ -91,6 +92,12 @@ pub enum AccountError {
     /// Signing failed.
     #[error(transparent)]
     Signing(#[from] SigningError),
+    /// A one-time token (a mailed link) that is unknown, used or expired.
+    #[error("the link is invalid, already used or expired")]
+    InvalidOneTimeToken,
+    /// `require_email_verification` and the address is not verified yet.
+    #[error("email not verified")]
+    EmailNotVerified,
 }
 
 impl From<AuthError> for AccountError {
@@ -119,6 +126,15 @@ pub struct RateLimited {
 pub struct ClientInfo {
     pub ip: IpAddr,
     pub user_agent: Option<String>,
+}
+
+/// What sign-up did.
+pub enum Registered {
+    /// Signed in at once.
+    SignedIn(Box<Issued>),
+    /// `require_email_verification`: the account exists, no session until the address is
+    /// verified (the link is on its way).
+    VerificationPending(Box<User>),
 }
 
 /// `POST /auth/register`'s input.
@@ -230,6 +246,10 @@ pub struct Accounts {
     last_kid_reload: AtomicI64,
     login_limiter: LoginLimiter,
     register_limiter: WindowCounter,
+    /// `rate_limits.email`: forgot-password, magic-link and resends, per IP and address.
+    email_limiter: WindowCounter,
+    /// Set once by the server; CLI commands run without one (no mail is sent).
+    mailer: std::sync::OnceLock<Arc<crate::mail::Mailer>>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -274,6 +294,8 @@ impl Accounts {
             last_kid_reload: AtomicI64::new(now),
             login_limiter: LoginLimiter::new(),
             register_limiter: WindowCounter::new(),
+            email_limiter: WindowCounter::new(),
+            mailer: std::sync::OnceLock::new(),
         }
     }
 
@@ -294,6 +316,11 @@ impl Accounts {
         ));
         auth.sync_trusted(&cfg.tokens.trusted_issuers, &cfg.tokens.audience);
         Ok(Self::new(store, auth, now))
+    }
+
+    /// Gives the service its mailer (once; later calls are ignored).
+    pub fn set_mailer(&self, mailer: Arc<crate::mail::Mailer>) {
+        let _ = self.mailer.set(mailer);
     }
 
     /// Loads (or on the first start creates and stores) the signing keys.
@@ -385,7 +412,7 @@ impl Accounts {
         input: Registration,
         client: &ClientInfo,
         now: UnixMillis,
-    ) -> Result<Issued, AccountError> {
+    ) -> Result<Registered, AccountError> {
         match cfg.accounts.registration {
             RegistrationMode::Open => {}
             RegistrationMode::InviteOnly | RegistrationMode::AdminOnly => {
@@ -447,8 +474,18 @@ impl Accounts {
                 now,
             )
             .await?;
-        self.start_session(cfg, user, vec!["pwd".into()], client, now)
-            .await
+        // The account exists: a failure to queue the mail must not fail the sign-up (the
+        // user can ask for another link).
+        if let Err(e) = self.send_verification(cfg, &user, now).await {
+            tracing::warn!(target: "gatehouse::accounts", error = %e, "cannot issue the email verification link");
+        }
+        if cfg.accounts.require_email_verification {
+            return Ok(Registered::VerificationPending(Box::new(user)));
+        }
+        let issued = self
+            .start_session(cfg, user, vec!["pwd".into()], client, now)
+            .await?;
+        Ok(Registered::SignedIn(Box::new(issued)))
     }
 
     /// Creates a user without signing in (operators, the CLI). Validates like sign-up but
@@ -553,6 +590,9 @@ impl Accounts {
         self.login_limiter.succeeded(&account_key, &ip);
         if user.disabled {
             return Err(AccountError::Disabled);
+        }
+        if cfg.accounts.require_email_verification && !user.email_verified {
+            return Err(AccountError::EmailNotVerified);
         }
         self.start_session(cfg, user, vec!["pwd".into()], client, now)
             .await

@@ -462,6 +462,8 @@ fn email(mut m: MapReader<'_>) -> EmailConfig {
         outbox_dir: m
             .path("outbox_dir")
             .unwrap_or_else(|| defaults::OUTBOX_DIR.into()),
+        templates_dir: m.dir("templates_dir"),
+        link_base: m.parsed("link_base", "a URL", http_url),
     };
     m.finish();
     config
@@ -879,6 +881,17 @@ fn existing_file(text: &str) -> Result<PathBuf, String> {
         Ok(_) => Ok(PathBuf::from(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(format!("file \"{text}\" does not exist"))
+        }
+        Err(e) => Err(format!("cannot read \"{text}\": {e}")),
+    }
+}
+
+fn existing_dir(text: &str) -> Result<PathBuf, String> {
+    match std::fs::metadata(text) {
+        Ok(meta) if meta.is_dir() => Ok(PathBuf::from(text)),
+        Ok(_) => Err(format!("\"{text}\" is a file, not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("directory \"{text}\" does not exist"))
         }
         Err(e) => Err(format!("cannot read \"{text}\": {e}")),
     }
@@ -1362,6 +1375,11 @@ impl<'a> MapReader<'a> {
         self.parsed(key, "a file path", existing_file)
     }
 
+    /// A path to a directory that must exist (relative to the working directory).
+    fn dir(&mut self, key: &'static str) -> Option<PathBuf> {
+        self.parsed(key, "a directory path", existing_dir)
+    }
+
     fn bool(&mut self, key: &'static str) -> Option<bool> {
         self.parsed(key, "true or false", |s| {
             if s.eq_ignore_ascii_case("true") {
@@ -1622,6 +1640,7 @@ mod tests {
         assert!(a.email.smtp_url.is_none());
         assert_eq!(a.email.from, "Gatehouse <no-reply@localhost>");
         assert_eq!(a.email.outbox_dir, PathBuf::from("data/outbox"));
+        assert!(a.email.templates_dir.is_none());
         assert!(a.oauth.is_empty());
         let r = &c.rate_limits;
         assert_eq!(
@@ -1963,6 +1982,44 @@ bogus: 1
         assert_eq!(
             one_error("tokens: { signing: { key_file: nope.pem } }\n"),
             "1:32: `tokens.signing.key_file`: file \"nope.pem\" does not exist"
+        );
+    }
+
+    #[test]
+    fn email_templates_dir_must_be_an_existing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse_ok(&format!(
+            "accounts: {{ email: {{ templates_dir: \"{}\" }} }}\n",
+            dir.path().display()
+        ));
+        assert_eq!(c.accounts.email.templates_dir.as_deref(), Some(dir.path()));
+        assert_eq!(
+            one_error("accounts: { email: { templates_dir: /nonexistent/mail } }\n"),
+            "1:37: `accounts.email.templates_dir`: directory \"/nonexistent/mail\" does not exist"
+        );
+        let file = dir.path().join("welcome.html");
+        std::fs::write(&file, "x").unwrap();
+        assert_eq!(
+            one_error(&format!(
+                "accounts: {{ email: {{ templates_dir: \"{}\" }} }}\n",
+                file.display()
+            ))
+            .split_once(": ")
+            .unwrap()
+            .1,
+            format!(
+                "`accounts.email.templates_dir`: \"{}\" is a file, not a directory",
+                file.display()
+            )
+        );
+        // Unknown keys are still errors (a misspelt `template_dir` is not silently ignored).
+        let err = one_error("accounts: { email: { template_dir: x } }\n");
+        assert!(
+            err.starts_with(
+                "1:22: unknown key `template_dir` in `accounts.email` (expected one of: \
+                 smtp_url, from, outbox_dir, templates_dir"
+            ),
+            "{err}"
         );
     }
 

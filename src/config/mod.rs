@@ -181,6 +181,13 @@ pub struct EmailConfig {
     pub smtp_url: Option<String>,
     pub from: String,
     pub outbox_dir: PathBuf,
+    /// Files here (`verify_email.html`, `reset_password.subject.txt`, ...) replace the built-in
+    /// mail templates of the same name; absent = built-in templates only.
+    pub templates_dir: Option<PathBuf>,
+    /// Base URL of the links in mails (`{link_base}/verify-email?token=...`); absent = the
+    /// gateway's own account API (`tokens.issuer` + `accounts.prefix`). An app with its own
+    /// pages points this at them.
+    pub link_base: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

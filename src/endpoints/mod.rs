@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 
 use crate::accounts::validate::IssueKind;
 use crate::accounts::{
-    AccountError, Accounts, Caller, ClientInfo, PartnerOutcome, ProfileChange, Registration,
-    single_issue_kind,
+    AccountError, Accounts, Caller, ClientInfo, PartnerOutcome, ProfileChange, Registered,
+    Registration, single_issue_kind,
 };
 use crate::auth::password::PasswordError;
 use crate::auth::policy::{self, RequestFacts};
@@ -32,8 +32,9 @@ use crate::problem::{ApiError, FieldError, RateLimitInfo};
 use crate::state::{RequestCtx, Snapshot};
 use crate::store::{StoreError, UnixMillis};
 use wire::{
-    ApiKeyBody, DeleteAccountBody, LoginBody, PartnerBody, PasswordBody, ProfileBody, RefreshBody,
-    RegisterBody, created_key_view, key_view, token_answer, user_view,
+    ApiKeyBody, DeleteAccountBody, EmailBody, LoginBody, PartnerBody, PasswordBody, ProfileBody,
+    RefreshBody, RegisterBody, ResetBody, TokenBody, created_key_view, key_view, token_answer,
+    user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
@@ -92,6 +93,10 @@ impl From<AccountError> for ApiError {
                 | PasswordError::Worker),
             ) => ApiError::Internal(e.to_string()),
             AccountError::Signing(e) => ApiError::Internal(e.to_string()),
+            AccountError::InvalidOneTimeToken => {
+                ApiError::InvalidToken("the link is invalid, already used or expired".into())
+            }
+            AccountError::EmailNotVerified => ApiError::EmailNotVerified,
         }
     }
 }
@@ -136,7 +141,7 @@ pub async fn handle(
             allow(&method, &[Method::POST])?;
             let client = client_info(config, ctx, req.headers());
             let body: RegisterBody = read_json(req).await?;
-            let issued = accounts
+            let registered = accounts
                 .register(
                     config,
                     Registration {
@@ -150,7 +155,55 @@ pub async fn handle(
                     now,
                 )
                 .await?;
-            Ok(json(StatusCode::CREATED, &token_answer(&issued), true))
+            match registered {
+                Registered::SignedIn(issued) => {
+                    Ok(json(StatusCode::CREATED, &token_answer(&issued), true))
+                }
+                Registered::VerificationPending(user) => Ok(json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({ "user": user_view(&user), "verification_required": true }),
+                    true,
+                )),
+            }
+        }
+        (Some("/verify-email"), _) => {
+            allow(&method, &[Method::POST])?;
+            let body: TokenBody = read_json(req).await?;
+            let token = required(body.token, "token")?;
+            let user = accounts.verify_email(&token, now).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "user": user_view(&user) }),
+                true,
+            ))
+        }
+        (Some("/verify-email/resend"), _) => {
+            allow(&method, &[Method::POST])?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            let client = client_info(config, ctx, req.headers());
+            accounts
+                .resend_verification(config, &caller, &client, now)
+                .await?;
+            Ok(accepted())
+        }
+        (Some("/forgot-password"), _) => {
+            allow(&method, &[Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let body: EmailBody = read_json(req).await?;
+            let email = required(body.email, "email")?;
+            accounts
+                .forgot_password(config, &email, &client, now)
+                .await?;
+            Ok(accepted())
+        }
+        (Some("/reset-password"), _) => {
+            allow(&method, &[Method::POST])?;
+            let body: ResetBody = read_json(req).await?;
+            let token = required(body.token, "token")?;
+            accounts
+                .reset_password(config, &token, body.new_password, now)
+                .await?;
+            Ok(no_content())
         }
         (Some("/login"), _) => {
             allow(&method, &[Method::POST])?;
@@ -582,6 +635,20 @@ fn json_bytes(status: StatusCode, body: Bytes, no_store: bool) -> Response<ResBo
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
+}
+
+/// A required non-empty string field of a body.
+fn required(value: Option<String>, field: &'static str) -> Result<String, ApiError> {
+    value
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| ApiError::ValidationFailed {
+            errors: vec![FieldError::new(field, "is required")],
+        })
+}
+
+/// 202 with an empty JSON object: accepted, the outcome travels by mail.
+fn accepted() -> Response<ResBody> {
+    json(StatusCode::ACCEPTED, &serde_json::json!({}), true)
 }
 
 fn no_content() -> Response<ResBody> {

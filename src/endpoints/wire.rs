@@ -155,6 +155,27 @@ pub struct RefreshBody {
     pub refresh_token: Option<String>,
 }
 
+/// `POST /auth/verify-email`.
+// No `Debug`: it holds a one-time token.
+#[derive(Deserialize)]
+pub struct TokenBody {
+    pub token: Option<String>,
+}
+
+/// `POST /auth/forgot-password` (and magic-link requests).
+#[derive(Debug, Deserialize)]
+pub struct EmailBody {
+    pub email: Option<String>,
+}
+
+/// `POST /auth/reset-password`.
+// No `Debug`: it holds a one-time token and a password.
+#[derive(Deserialize)]
+pub struct ResetBody {
+    pub token: Option<String>,
+    pub new_password: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ProfileBody {
     #[serde(default, deserialize_with = "nullable")]

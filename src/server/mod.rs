@@ -33,6 +33,8 @@ pub enum ServerError {
     Accounts(#[from] AccountError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("mail: {0}")]
+    Mail(String),
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -74,6 +76,10 @@ impl Gateway {
             Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
         accounts.warm_up().await?;
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
+        let mailer = crate::mail::Mailer::start(&config.accounts.email, shared.metrics.clone())
+            .map_err(|e| ServerError::Mail(e.to_string()))?;
+        tracing::info!(target: "gatehouse::mail", backend = mailer.backend(), "mailer ready");
+        accounts.set_mailer(Arc::new(mailer));
         let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             config, &shared, None,
         )));

@@ -7,6 +7,7 @@ mod architecture;
 mod auth;
 mod check;
 mod forward_auth;
+mod lifecycle;
 mod operations;
 mod protocols;
 mod proxy;

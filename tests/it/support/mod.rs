@@ -93,9 +93,12 @@ impl Gateway {
     }
 
     fn spawn(dir: tempfile::TempDir, config_path: PathBuf) -> Gateway {
+        // Relative paths of the config (the default mail outbox `data/outbox`, say) land in
+        // the test's own directory, not in the checkout.
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config_path)
+            .current_dir(dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,0 +1,299 @@
+//! Account lifecycle by email (SPEC section 5): proving an address, and recovering a lost
+//! password. One-time tokens are 256-bit random secrets sent in a link; only their SHA-256
+//! is stored, a use consumes them atomically (of concurrent uses exactly one wins), and each
+//! kind expires: verification 24 h, reset 1 h.
+//!
+//! Mail leaves through the [`Mailer`] queue: a request never waits for delivery. Answers
+//! that could tell whether an address has an account (forgot-password) are the same
+//! whatever the store holds.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{AccountError, Accounts, Caller, ClientInfo, RateLimited, ms, new_secret, secret_hash};
+use crate::auth::password;
+use crate::config::Config;
+use crate::mail::{Message, MessageKind};
+use crate::ratelimit::Decision;
+use crate::store::{OneTimeKind, OneTimeToken, UnixMillis, User, UserPatch};
+
+/// How long an email-verification link works.
+pub const VERIFY_EMAIL_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a password-reset link works.
+pub const RESET_PASSWORD_TTL: Duration = Duration::from_secs(3600);
+
+/// Where a mail's link leads: `link_base` (default: the gateway's own account API,
+/// `tokens.issuer` + `accounts.prefix`) + `/{flow}?token=...`. An app with its own pages
+/// points `accounts.email.link_base` at them; they POST the token to the API.
+pub fn link(cfg: &Config, flow: &str, token: &str) -> String {
+    let base = match &cfg.accounts.email.link_base {
+        Some(base) => base.trim_end_matches('/').to_owned(),
+        None => format!(
+            "{}{}",
+            cfg.tokens.issuer.trim_end_matches('/'),
+            cfg.accounts.prefix.trim_end_matches('/')
+        ),
+    };
+    format!("{base}/{flow}?token={token}")
+}
+
+impl Accounts {
+    /// Queues `message`; without a mailer (CLI commands) or with a full queue the failure
+    /// is logged (never the message: its link holds a token) and the flow goes on.
+    pub(super) fn mail(&self, message: Message) {
+        let kind = message.kind.name();
+        match self.mailer.get() {
+            Some(mailer) => {
+                if let Err(e) = mailer.send(message) {
+                    tracing::warn!(target: "gatehouse::mail", kind, error = %e, "mail not queued");
+                }
+            }
+            None => {
+                tracing::debug!(target: "gatehouse::mail", kind, "no mailer in this process; mail not sent")
+            }
+        }
+    }
+
+    /// A new one-time token of `kind` for `user`, stored hashed; returns the plain token.
+    /// Older unused tokens of the kind are voided first (only the newest link works).
+    async fn issue_one_time(
+        &self,
+        kind: OneTimeKind,
+        user: &User,
+        payload: serde_json::Value,
+        ttl: Duration,
+        now: UnixMillis,
+    ) -> Result<String, AccountError> {
+        self.store.delete_one_time_tokens(&user.id, kind).await?;
+        let token = new_secret();
+        self.store
+            .create_one_time_token(&OneTimeToken {
+                token_hash: secret_hash(&token),
+                kind,
+                user_id: Some(user.id.clone()),
+                email: user.email.clone(),
+                payload,
+                created_at: now,
+                expires_at: now.saturating_add(ms(ttl)),
+            })
+            .await?;
+        Ok(token)
+    }
+
+    /// Sends a verification link to the user's address, if it has one not yet verified.
+    pub async fn send_verification(
+        &self,
+        cfg: &Config,
+        user: &User,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        let Some(email) = user.email.clone().filter(|_| !user.email_verified) else {
+            return Ok(());
+        };
+        // The address being verified travels with the token: a link for an address the user
+        // has since changed proves nothing about the new one.
+        let token = self
+            .issue_one_time(
+                OneTimeKind::EmailVerification,
+                user,
+                json!({ "email": email }),
+                VERIFY_EMAIL_TTL,
+                now,
+            )
+            .await?;
+        self.mail(greeted(
+            Message::new(
+                email,
+                MessageKind::VerifyEmail {
+                    link: link(cfg, "verify-email", &token),
+                    expires_in: VERIFY_EMAIL_TTL,
+                },
+            ),
+            user,
+        ));
+        Ok(())
+    }
+
+    /// `POST /auth/verify-email {token}`: marks the address verified. A token that is
+    /// unknown, used, expired, or for an address the account no longer has is refused.
+    pub async fn verify_email(&self, token: &str, now: UnixMillis) -> Result<User, AccountError> {
+        let used = self
+            .store
+            .consume_one_time_token(&secret_hash(token), OneTimeKind::EmailVerification, now)
+            .await?
+            .ok_or(AccountError::InvalidOneTimeToken)?;
+        let user_id = used.user_id.ok_or(AccountError::InvalidOneTimeToken)?;
+        let user = self
+            .store
+            .get_user(&user_id)
+            .await?
+            .ok_or(AccountError::InvalidOneTimeToken)?;
+        let for_address = used.payload.get("email").and_then(|e| e.as_str());
+        if user.email.is_none() || user.email.as_deref() != for_address {
+            return Err(AccountError::InvalidOneTimeToken);
+        }
+        if user.email_verified {
+            return Ok(user);
+        }
+        let patch = UserPatch {
+            email_verified: Some(true),
+            ..UserPatch::default()
+        };
+        let user = self.store.update_user(&user.id, &patch, now).await?;
+        self.auth.cache().evict_user(&user.id).await;
+        Ok(user)
+    }
+
+    /// `POST /auth/verify-email/resend`: a new link for the caller (the per-IP+address
+    /// `rate_limits.email` applies).
+    pub async fn resend_verification(
+        &self,
+        cfg: &Config,
+        caller: &Caller,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        let Some(email) = caller.user.email.as_deref() else {
+            return Ok(());
+        };
+        self.email_limit(cfg, client, email, now)?;
+        self.send_verification(cfg, &caller.user, now).await
+    }
+
+    /// `POST /auth/forgot-password {email}`: when the address belongs to an enabled account,
+    /// a reset link is mailed. The caller answers 202 either way.
+    pub async fn forgot_password(
+        &self,
+        cfg: &Config,
+        email: &str,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        let email = email.trim();
+        if email.is_empty() {
+            return Err(AccountError::Invalid(vec![super::FieldIssue::invalid(
+                "email",
+                "is required",
+            )]));
+        }
+        self.email_limit(cfg, client, email, now)?;
+        let Some(user) = self.store.get_user_by_email(email).await? else {
+            return Ok(());
+        };
+        if user.disabled {
+            return Ok(());
+        }
+        let Some(to) = user.email.clone() else {
+            return Ok(());
+        };
+        let token = self
+            .issue_one_time(
+                OneTimeKind::PasswordReset,
+                &user,
+                json!({}),
+                RESET_PASSWORD_TTL,
+                now,
+            )
+            .await?;
+        self.mail(greeted(
+            Message::new(
+                to,
+                MessageKind::ResetPassword {
+                    link: link(cfg, "reset-password", &token),
+                    expires_in: RESET_PASSWORD_TTL,
+                },
+            ),
+            &user,
+        ));
+        Ok(())
+    }
+
+    /// `POST /auth/reset-password {token, new_password}`: sets the password, revokes every
+    /// session of the account, and mails a notice. The password is checked before the token
+    /// is used, so a weak password does not burn the link.
+    pub async fn reset_password(
+        &self,
+        cfg: &Config,
+        token: &str,
+        new_password: Option<String>,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        let new_password = new_password.unwrap_or_default();
+        let mut issues = Vec::new();
+        super::validate::new_password(
+            "new_password",
+            &new_password,
+            cfg.accounts.password.min_length as usize,
+            &mut issues,
+        );
+        if !issues.is_empty() {
+            return Err(AccountError::Invalid(issues));
+        }
+        let hash = password::hash_blocking(new_password).await?;
+        let used = self
+            .store
+            .consume_one_time_token(&secret_hash(token), OneTimeKind::PasswordReset, now)
+            .await?
+            .ok_or(AccountError::InvalidOneTimeToken)?;
+        let user_id = used.user_id.ok_or(AccountError::InvalidOneTimeToken)?;
+        let patch = UserPatch {
+            password_hash: Some(Some(hash)),
+            ..UserPatch::default()
+        };
+        let user = match self.store.update_user(&user_id, &patch, now).await {
+            Ok(user) => user,
+            Err(crate::store::StoreError::NotFound) => {
+                return Err(AccountError::InvalidOneTimeToken);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.revoke_sessions(&user.id, None, now).await?;
+        self.auth.cache().evict_user(&user.id).await;
+        if let Some(to) = user.email.clone() {
+            self.mail(greeted(
+                Message::new(
+                    to,
+                    MessageKind::PasswordChanged {
+                        at: offset_time(now),
+                    },
+                ),
+                &user,
+            ));
+        }
+        Ok(())
+    }
+
+    /// `rate_limits.email`: per client IP and address.
+    fn email_limit(
+        &self,
+        cfg: &Config,
+        client: &ClientInfo,
+        email: &str,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
+        let limit = &cfg.rate_limits.email;
+        let key = format!("{}|{}", client.ip, email.to_ascii_lowercase());
+        match self.email_limiter.hit(&key, limit.requests, limit.per, now) {
+            Decision::Limited { retry_after } => Err(AccountError::RateLimited(RateLimited {
+                policy: "email",
+                quota: limit.requests,
+                window: limit.per,
+                retry_after,
+            })),
+            Decision::Allowed { .. } => Ok(()),
+        }
+    }
+}
+
+fn greeted(message: Message, user: &User) -> Message {
+    match user.name.as_deref().filter(|n| !n.trim().is_empty()) {
+        Some(name) => message.with_user_name(name),
+        None => message,
+    }
+}
+
+fn offset_time(now: UnixMillis) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}

@@ -113,7 +113,10 @@ async fn verify_and_reset(gw: &Gateway, mailbox: &Path) {
     let mails = wait_mails(mailbox, 1).await;
     let verify = &mails[0];
     assert!(verify.to.contains("ada@example.com"), "{verify:?}");
-    assert!(verify.subject.starts_with("Verify your email"), "{verify:?}");
+    assert!(
+        verify.subject.starts_with("Verify your email"),
+        "{verify:?}"
+    );
     assert!(verify.text.contains("Ada"), "{verify:?}");
     let token = verify.token();
     assert_eq!(token.len(), 43, "256-bit token: {token}");
@@ -203,7 +206,11 @@ async fn verify_and_reset(gw: &Gateway, mailbox: &Path) {
     assert_eq!(new.status, 200, "{:?}", new.body);
     let mails = wait_mails(mailbox, 3).await;
     assert!(mails[2].to.contains("ada@example.com"));
-    assert!(mails[2].subject.contains("password was changed"), "{:?}", mails[2]);
+    assert!(
+        mails[2].subject.contains("password was changed"),
+        "{:?}",
+        mails[2]
+    );
     assert!(
         !mails[2].text.contains("token="),
         "the notice carries no link"

@@ -87,18 +87,7 @@ impl Outbound {
             .entry((https, authority.clone()))
             .or_insert_with(|| {
                 let transport = if https {
-                    let name = host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_owned();
-                    match (
-                        client_tls(&std::iter::empty()),
-                        rustls::pki_types::ServerName::try_from(name),
-                    ) {
-                        (Ok(connector), Ok(name)) => Transport::Tls(connector, name),
-                        (Err(e), _) => Transport::Broken(e),
-                        (_, Err(e)) => Transport::Broken(format!("invalid TLS server name: {e}")),
-                    }
+                    Transport::tls(client_tls(&std::iter::empty()), host)
                 } else {
                     Transport::Plain
                 };

@@ -70,6 +70,23 @@ pub enum Transport {
     Broken(String),
 }
 
+impl Transport {
+    /// TLS to `host` (a name or a bracketed IPv6 literal) with `connector`; a connector that
+    /// could not be built or a host that is no server name gives a transport that refuses
+    /// every connect with the reason, never plain text.
+    pub fn tls(connector: Result<tokio_rustls::TlsConnector, String>, host: &str) -> Transport {
+        let name = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        match (connector, rustls::pki_types::ServerName::try_from(name)) {
+            (Ok(connector), Ok(name)) => Transport::Tls(connector, name),
+            (Err(e), _) => Transport::Broken(e),
+            (_, Err(e)) => Transport::Broken(format!("invalid TLS server name: {e}")),
+        }
+    }
+}
+
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct Endpoint {

@@ -110,18 +110,7 @@ impl Shared {
                     80
                 });
         let transport = if target.scheme == http::uri::Scheme::HTTPS {
-            let name = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            match (
-                self.tls_connector(ca_file),
-                rustls::pki_types::ServerName::try_from(name),
-            ) {
-                (Ok(connector), Ok(name)) => Transport::Tls(connector, name),
-                (Err(e), _) => Transport::Broken(e),
-                (_, Err(e)) => Transport::Broken(format!("invalid TLS server name: {e}")),
-            }
+            Transport::tls(self.tls_connector(ca_file), host)
         } else {
             Transport::Plain
         };

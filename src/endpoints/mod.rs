@@ -32,9 +32,9 @@ use crate::problem::{ApiError, FieldError, RateLimitInfo};
 use crate::state::{RequestCtx, Snapshot};
 use crate::store::{StoreError, UnixMillis};
 use wire::{
-    ApiKeyBody, DeleteAccountBody, EmailBody, LoginBody, PartnerBody, PasswordBody, ProfileBody,
-    RefreshBody, RegisterBody, ResetBody, TokenBody, created_key_view, key_view, token_answer,
-    user_view,
+    ApiKeyBody, DeleteAccountBody, EmailBody, LoginBody, MagicLinkBody, PartnerBody, PasswordBody,
+    ProfileBody, RefreshBody, RegisterBody, ResetBody, TokenBody, created_key_view, key_view,
+    token_answer, user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
@@ -195,6 +195,31 @@ pub async fn handle(
                 .forgot_password(config, &email, &client, now)
                 .await?;
             Ok(accepted())
+        }
+        (Some("/magic-link"), _) => {
+            allow(&method, &[Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let body: MagicLinkBody = read_json(req).await?;
+            let email = required(body.email, "email")?;
+            accounts
+                .request_magic_link(config, &email, body.redirect_to, &client, now)
+                .await?;
+            Ok(accepted())
+        }
+        (Some("/magic-link/verify"), _) => {
+            allow(&method, &[Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let body: TokenBody = read_json(req).await?;
+            let token = required(body.token, "token")?;
+            let (issued, redirect_to) = accounts
+                .verify_magic_link(config, &token, &client, now)
+                .await?;
+            let mut answer = serde_json::to_value(token_answer(&issued))
+                .map_err(|e| ApiError::Internal(format!("encoding tokens: {e}")))?;
+            if let (Some(target), Some(obj)) = (redirect_to, answer.as_object_mut()) {
+                obj.insert("redirect_to".into(), serde_json::Value::String(target));
+            }
+            Ok(json(StatusCode::OK, &answer, true))
         }
         (Some("/reset-password"), _) => {
             allow(&method, &[Method::POST])?;

@@ -168,6 +168,13 @@ pub struct EmailBody {
     pub email: Option<String>,
 }
 
+/// `POST /auth/magic-link`.
+#[derive(Debug, Deserialize)]
+pub struct MagicLinkBody {
+    pub email: Option<String>,
+    pub redirect_to: Option<String>,
+}
+
 /// `POST /auth/reset-password`.
 // No `Debug`: it holds a one-time token and a password.
 #[derive(Deserialize)]

@@ -406,3 +406,102 @@ async fn login_grace(gw: &Gateway) -> Answer {
     )
     .await
 }
+
+/// Magic links: the same answer for any address, a 10-minute single-use link that signs in
+/// (`amr: otp`), proves the address and carries a `redirect_to` only when it is safe.
+#[tokio::test]
+async fn magic_link_sign_in() {
+    let gw = Gateway::start(
+        "tokens: { issuer: http://gatehouse.test }\naccounts: { allowed_origins: [\"https://app.example.com\"] }\n",
+    );
+    let outbox = gw.dir.path().join("data/outbox");
+    let reg = post(
+        &gw,
+        "/auth/register",
+        None,
+        json!({"email": "lin@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(reg.status, 201);
+    wait_mails(&outbox, 1).await;
+
+    for bad in [
+        "//evil.com",
+        "https://evil.com/",
+        "/%2F%2Fevil.com",
+        "https:evil.com",
+    ] {
+        let a = post(
+            &gw,
+            "/auth/magic-link",
+            None,
+            json!({"email": "lin@example.com", "redirect_to": bad}),
+        )
+        .await;
+        assert_eq!(
+            (a.status, code(&a)),
+            (400, "validation_failed".into()),
+            "{bad}"
+        );
+    }
+    let target = "https://app.example.com/welcome";
+    let known = post(
+        &gw,
+        "/auth/magic-link",
+        None,
+        json!({"email": "lin@example.com", "redirect_to": target}),
+    )
+    .await;
+    let unknown = post(
+        &gw,
+        "/auth/magic-link",
+        None,
+        json!({"email": "nobody@example.com", "redirect_to": target}),
+    )
+    .await;
+    assert_eq!((known.status, &known.body), (202, &unknown.body));
+    let mails = wait_mails(&outbox, 2).await;
+    let magic = &mails[1];
+    assert!(magic.to.contains("lin@example.com"));
+    assert!(
+        magic
+            .text
+            .contains("http://gatehouse.test/auth/magic-link?token="),
+        "{}",
+        magic.text
+    );
+    let token = magic.token();
+    let signed_in = post(
+        &gw,
+        "/auth/magic-link/verify",
+        None,
+        json!({"token": token}),
+    )
+    .await;
+    assert_eq!(signed_in.status, 200, "{:?}", signed_in.body);
+    let body = signed_in.json();
+    assert_eq!(body["redirect_to"], target);
+    assert_eq!(body["user"]["email_verified"], true);
+    let access = body["access_token"].as_str().unwrap();
+    let claims: Value = {
+        use base64::Engine;
+        let part = access.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims["amr"], json!(["otp"]));
+    let me = send_json("GET", &gw.url("/auth/me"), Some(access), &Value::Null).await;
+    assert_eq!(me.status, 200);
+    let again = post(
+        &gw,
+        "/auth/magic-link/verify",
+        None,
+        json!({"token": token}),
+    )
+    .await;
+    assert_eq!((again.status, code(&again)), (401, "invalid_token".into()));
+}

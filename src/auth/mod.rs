@@ -175,7 +175,11 @@ enum Verified {
         claims: Box<AccessClaims>,
         scopes: Option<Vec<String>>,
     },
-    External(Arc<Principal>),
+    External {
+        principal: Arc<Principal>,
+        /// The token's `exp`, milliseconds.
+        exp_ms: UnixMillis,
+    },
 }
 
 /// A credential's principal, and the cache generation it was built at.
@@ -426,10 +430,12 @@ impl Authenticator {
         let (claims, scopes) = match verified.as_ref() {
             Verified::Own { claims, scopes } => (claims, scopes),
             // Cached by the proxy path, presented to the account API.
-            Verified::External(_) if !rules.external => {
+            Verified::External { .. } if !rules.external => {
                 return Err(AuthError::Token(JwtError::UnknownKid));
             }
-            Verified::External(principal) => {
+            Verified::External { principal, exp_ms } => {
+                // The resolved entry must not outlive the token either.
+                validity.narrow_to(*exp_ms, now);
                 return Ok((principal.clone(), true));
             }
         };
@@ -483,7 +489,13 @@ impl Authenticator {
                 && let Some(issuer) = trusted.get(&iss)
             {
                 let (principal, exp) = trusted.verify(issuer, token, now, LEEWAY_SECS).await?;
-                return Ok((exp, Verified::External(Arc::new(principal))));
+                return Ok((
+                    exp,
+                    Verified::External {
+                        principal: Arc::new(principal),
+                        exp_ms: exp.saturating_mul(1000),
+                    },
+                ));
             }
         }
         let expect = Expectation {

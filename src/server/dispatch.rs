@@ -134,7 +134,7 @@ pub async fn handle(
 
 async fn route_and_serve(
     shared: &Shared,
-    accounts: &Accounts,
+    accounts: &Arc<Accounts>,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     path: &str,

@@ -78,7 +78,6 @@ impl Gateway {
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
         let mailer = crate::mail::Mailer::start(&config.accounts.email, shared.metrics.clone())
             .map_err(|e| ServerError::Mail(e.to_string()))?;
-        tracing::info!(target: "gatehouse::mail", backend = mailer.backend(), "mailer ready");
         accounts.set_mailer(Arc::new(mailer));
         let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             config, &shared, None,
@@ -174,6 +173,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     });
     tokio::spawn(reload::run(
         gateway.shared.clone(),
+        gateway.accounts.clone(),
         gateway.live.clone(),
         path,
         tick_rx,

@@ -145,7 +145,9 @@ async fn route_and_serve(
         return Err(ApiError::HeadersTooLarge { limit });
     }
     if endpoints::is_own_endpoint(&snapshot.config, path) {
-        return endpoints::handle(accounts, snapshot, ctx, path, req).await;
+        // Boxed: the account API's future is large, and inline it would be part of (and be
+        // copied with) every proxied request's future.
+        return Box::pin(endpoints::handle(accounts, snapshot, ctx, path, req)).await;
     }
     let raw_host = req
         .headers()

@@ -69,9 +69,7 @@ impl Gateway {
         let proxy = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
         let store_cfg = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || crate::state::open_store(&store_cfg))
-            .await
-            .map_err(|e| crate::store::StoreError::Internal(e.to_string()))??;
+        let store = crate::state::open_store(&store_cfg).await?;
         let accounts =
             Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
         accounts.warm_up().await?;

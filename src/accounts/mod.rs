@@ -11,6 +11,7 @@
 //! takes `now` in milliseconds.
 
 pub mod lifecycle;
+pub mod sessions;
 pub mod validate;
 
 use std::net::IpAddr;

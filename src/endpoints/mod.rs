@@ -34,7 +34,7 @@ use crate::store::{StoreError, UnixMillis};
 use wire::{
     ApiKeyBody, DeleteAccountBody, EmailBody, LoginBody, MagicLinkBody, PartnerBody, PasswordBody,
     ProfileBody, RefreshBody, RegisterBody, ResetBody, TokenBody, created_key_view, key_view,
-    token_answer, user_view,
+    session_view, token_answer, user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
@@ -386,6 +386,27 @@ pub async fn handle(
                 &created_key_view(&key, &plain),
                 true,
             ))
+        }
+        (Some("/sessions"), _) => {
+            allow(&method, &[Method::GET, Method::HEAD, Method::DELETE])?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            if method == Method::DELETE {
+                accounts.end_other_sessions(&caller, now).await?;
+                return Ok(no_content());
+            }
+            let sessions = accounts.list_sessions(&caller, now).await?;
+            let views: Vec<_> = sessions
+                .iter()
+                .map(|s| session_view(s, caller.session_id()))
+                .collect();
+            Ok(json(StatusCode::OK, &views, true))
+        }
+        (Some(rest), _) if rest.starts_with("/sessions/") => {
+            allow(&method, &[Method::DELETE])?;
+            let id = rest.strip_prefix("/sessions/").unwrap_or_default();
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            accounts.end_session(&caller, id, now).await?;
+            Ok(no_content())
         }
         (Some("/verify"), _) => {
             allow(&method, &[Method::GET, Method::HEAD])?;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::accounts::{Issued, LoginId, NewApiKey, PartnerUser};
 use crate::problem::{ApiError, FieldError};
-use crate::store::{ApiKey, ApiKeyKind, UnixMillis, User};
+use crate::store::{ApiKey, ApiKeyKind, Session, UnixMillis, User};
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in PATCH
 /// bodies.
@@ -295,6 +295,30 @@ pub fn created_key_view<'a>(k: &'a ApiKey, plain: &'a str) -> KeyView<'a> {
         revoked_at: None,
         key: Some(plain),
         ..key_view(k)
+    }
+}
+
+/// A session as `GET /auth/sessions` lists it.
+#[derive(Debug, Serialize)]
+pub struct SessionView<'a> {
+    pub id: &'a str,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub user_agent: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    /// Whether this is the session of the credential the request came with.
+    pub current: bool,
+}
+
+/// `GET /auth/sessions` entries; `current` is the caller's own session, if any.
+pub fn session_view<'a>(s: &'a Session, current: Option<&str>) -> SessionView<'a> {
+    SessionView {
+        id: &s.id,
+        created_at: rfc3339(s.created_at),
+        last_used_at: rfc3339(s.last_used_at),
+        user_agent: s.user_agent.as_deref(),
+        ip: s.ip.as_deref(),
+        current: current == Some(s.id.as_str()),
     }
 }
 

@@ -11,6 +11,7 @@ mod lifecycle;
 mod operations;
 mod protocols;
 mod proxy;
+mod sessions;
 mod streaming;
 mod support;
 mod trusted;

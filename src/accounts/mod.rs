@@ -10,6 +10,7 @@
 //! [`AccountError`], which `endpoints` maps to problem responses), or the clock: every call
 //! takes `now` in milliseconds.
 
+pub mod admin;
 pub mod lifecycle;
 pub mod sessions;
 pub mod validate;
@@ -1198,17 +1199,21 @@ impl Accounts {
             self.check_current_password(cfg, caller, "password", password, client, now)
                 .await?;
         }
-        let sessions = self
-            .store
-            .list_active_sessions(&caller.user.id, now)
-            .await?;
-        let keys = self.store.list_api_keys(&caller.user.id).await?;
-        let result = match self.store.delete_user(&caller.user.id).await {
+        self.purge_user(&caller.user.id, now).await
+    }
+
+    /// Deletes the user and everything it owns (sessions, refresh tokens, API keys,
+    /// one-time tokens) and evicts all of it from this replica's cache, so its credentials
+    /// stop working here at once. Deleting a user that is already gone succeeds.
+    async fn purge_user(&self, user_id: &str, now: UnixMillis) -> Result<(), AccountError> {
+        let sessions = self.store.list_active_sessions(user_id, now).await?;
+        let keys = self.store.list_api_keys(user_id).await?;
+        let result = match self.store.delete_user(user_id).await {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(e) => Err(e.into()),
         };
         let cache = self.auth.cache();
-        cache.evict_user(&caller.user.id).await;
+        cache.evict_user(user_id).await;
         for s in sessions {
             cache.evict_session(&s.id).await;
         }

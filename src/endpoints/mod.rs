@@ -32,9 +32,9 @@ use crate::problem::{ApiError, FieldError, RateLimitInfo};
 use crate::state::{RequestCtx, Snapshot};
 use crate::store::{StoreError, UnixMillis};
 use wire::{
-    ApiKeyBody, DeleteAccountBody, EmailBody, LoginBody, MagicLinkBody, PartnerBody, PasswordBody,
-    ProfileBody, RefreshBody, RegisterBody, ResetBody, TokenBody, created_key_view, key_view,
-    session_view, token_answer, user_view,
+    AdminUserBody, ApiKeyBody, DeleteAccountBody, EmailBody, LoginBody, MagicLinkBody, PartnerBody,
+    PasswordBody, ProfileBody, RefreshBody, RegisterBody, ResetBody, TokenBody, admin_user_view,
+    created_key_view, key_view, session_view, token_answer, user_listing, user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
@@ -341,9 +341,19 @@ pub async fn handle(
             }
         }
         (Some("/admin/users"), _) => {
-            allow(&method, &[Method::POST])?;
+            allow(&method, &[Method::GET, Method::HEAD, Method::POST])?;
             let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             require_admin(&caller)?;
+            if method != Method::POST {
+                let listing = user_listing(req.uri().query())?;
+                let page = accounts.list_users(listing).await?;
+                let users: Vec<_> = page.users.iter().map(admin_user_view).collect();
+                return Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "users": users, "next_cursor": page.next_cursor }),
+                    true,
+                ));
+            }
             let body: PartnerBody = read_json(req).await?;
             let input = body.into_input()?;
             match accounts.partner_register(input, now).await? {
@@ -407,6 +417,34 @@ pub async fn handle(
             let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             accounts.end_session(&caller, id, now).await?;
             Ok(no_content())
+        }
+        (Some(rest), _)
+            if rest
+                .strip_prefix("/admin/users/")
+                .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
+        {
+            allow(
+                &method,
+                &[Method::GET, Method::HEAD, Method::PATCH, Method::DELETE],
+            )?;
+            let id = rest.strip_prefix("/admin/users/").unwrap_or_default();
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            require_admin(&caller)?;
+            match method {
+                Method::PATCH => {
+                    let body: AdminUserBody = read_json(req).await?;
+                    let user = accounts.change_user(id, body.into_change(), now).await?;
+                    Ok(json(StatusCode::OK, &admin_user_view(&user), true))
+                }
+                Method::DELETE => {
+                    accounts.remove_user(id, now).await?;
+                    Ok(no_content())
+                }
+                _ => {
+                    let user = accounts.user_by_id(id).await?;
+                    Ok(json(StatusCode::OK, &admin_user_view(&user), true))
+                }
+            }
         }
         (Some("/verify"), _) => {
             allow(&method, &[Method::GET, Method::HEAD])?;

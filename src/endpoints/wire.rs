@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::accounts::admin::{UserChange, UserListing};
 use crate::accounts::{Issued, LoginId, NewApiKey, PartnerUser};
 use crate::problem::{ApiError, FieldError};
 use crate::store::{ApiKey, ApiKeyKind, Session, UnixMillis, User};
@@ -298,6 +299,70 @@ pub fn created_key_view<'a>(k: &'a ApiKey, plain: &'a str) -> KeyView<'a> {
     }
 }
 
+/// A user as the admin API shows it: the `/auth/me` view plus the account state.
+#[derive(Debug, Serialize)]
+pub struct AdminUserView<'a> {
+    #[serde(flatten)]
+    pub user: UserView<'a>,
+    pub disabled: bool,
+    pub external_id: Option<&'a str>,
+    pub updated_at: String,
+}
+
+pub fn admin_user_view(user: &User) -> AdminUserView<'_> {
+    AdminUserView {
+        user: user_view(user),
+        disabled: user.disabled,
+        external_id: user.external_id.as_deref(),
+        updated_at: rfc3339(user.updated_at),
+    }
+}
+
+/// `PATCH /auth/admin/users/{id}`. Unknown fields are refused: a misspelt `role` must not
+/// answer 200 having changed nothing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserBody {
+    pub roles: Option<Vec<String>>,
+    pub disabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
+}
+
+impl AdminUserBody {
+    pub fn into_change(self) -> UserChange {
+        UserChange {
+            roles: self.roles,
+            disabled: self.disabled,
+            name: self.name,
+        }
+    }
+}
+
+/// `GET /auth/admin/users?limit=&cursor=&email=&role=`: the listing, every wrong parameter
+/// listed at once. Unknown parameters are ignored, as query strings usually are.
+pub fn user_listing(query: Option<&str>) -> Result<UserListing, ApiError> {
+    let mut listing = UserListing::default();
+    let mut errors = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "limit" => match v.parse::<usize>() {
+                Ok(n) => listing.limit = Some(n),
+                Err(_) => errors.push(FieldError::new("limit", "must be a positive integer")),
+            },
+            "cursor" => listing.cursor = Some(v.into_owned()),
+            "email" => listing.email = Some(v.into_owned()),
+            "role" => listing.role = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok(listing)
+    } else {
+        Err(ApiError::ValidationFailed { errors })
+    }
+}
+
 /// A session as `GET /auth/sessions` lists it.
 #[derive(Debug, Serialize)]
 pub struct SessionView<'a> {
@@ -358,6 +423,49 @@ mod tests {
         assert_eq!(b.name, Some(None));
         assert_eq!(b.username, Some(Some("bob".into())));
         assert_eq!(b.email, None);
+    }
+
+    #[test]
+    fn admin_listing_query() {
+        let l = user_listing(Some(
+            "limit=10&cursor=c.1&email=%40example.com&role=admin&x=1",
+        ))
+        .unwrap();
+        assert_eq!(l.limit, Some(10));
+        assert_eq!(l.cursor.as_deref(), Some("c.1"));
+        assert_eq!(l.email.as_deref(), Some("@example.com"));
+        assert_eq!(l.role.as_deref(), Some("admin"));
+        assert!(user_listing(None).unwrap().limit.is_none());
+        match user_listing(Some("limit=-1")) {
+            Err(ApiError::ValidationFailed { errors }) => assert_eq!(errors.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn admin_view_adds_account_state() {
+        let user = User {
+            id: "u1".into(),
+            email: Some("a@example.com".into()),
+            username: None,
+            name: None,
+            external_id: Some("crm-1".into()),
+            email_verified: true,
+            roles: vec!["user".into()],
+            disabled: true,
+            password_hash: Some("$argon2id$secret".into()),
+            mfa: None,
+            created_at: 0,
+            updated_at: 1000,
+        };
+        let v = serde_json::to_value(admin_user_view(&user)).unwrap();
+        assert_eq!(v["email"], "a@example.com");
+        assert_eq!(v["disabled"], true);
+        assert_eq!(v["external_id"], "crm-1");
+        assert_eq!(v["updated_at"], "1970-01-01T00:00:01Z");
+        assert!(!v.to_string().contains("argon2"));
+        let b: Result<AdminUserBody, _> = serde_json::from_str(r#"{"role": ["admin"]}"#);
+        assert!(b.is_err(), "unknown fields are refused");
     }
 
     #[test]

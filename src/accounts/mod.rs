@@ -11,6 +11,7 @@
 //! takes `now` in milliseconds.
 
 pub mod admin;
+pub mod invitations;
 pub mod lifecycle;
 pub mod sessions;
 pub mod validate;
@@ -473,6 +474,7 @@ impl Accounts {
                     roles: vec!["user".into()],
                     password,
                 },
+                false,
                 now,
             )
             .await?;
@@ -522,10 +524,17 @@ impl Accounts {
         if !issues.is_empty() {
             return Err(AccountError::Invalid(issues));
         }
-        self.insert_user(input, now).await
+        self.insert_user(input, false, now).await
     }
 
-    async fn insert_user(&self, input: NewUser, now: UnixMillis) -> Result<User, AccountError> {
+    /// Stores a new user with a hashed password; `email_verified` when the address is
+    /// already proven (an accepted invitation).
+    async fn insert_user(
+        &self,
+        input: NewUser,
+        email_verified: bool,
+        now: UnixMillis,
+    ) -> Result<User, AccountError> {
         let hash = password::hash_blocking(input.password).await?;
         let user = User {
             id: new_id(),
@@ -533,7 +542,7 @@ impl Accounts {
             username: input.username,
             name: input.name,
             external_id: None,
-            email_verified: false,
+            email_verified,
             roles: if input.roles.is_empty() {
                 vec!["user".into()]
             } else {

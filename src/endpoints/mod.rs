@@ -17,6 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
+use crate::accounts::invitations::Acceptance;
 use crate::accounts::validate::IssueKind;
 use crate::accounts::{
     AccountError, Accounts, Caller, ClientInfo, PartnerOutcome, ProfileChange, Registered,
@@ -32,9 +33,10 @@ use crate::problem::{ApiError, FieldError, RateLimitInfo};
 use crate::state::{RequestCtx, Snapshot};
 use crate::store::{StoreError, UnixMillis};
 use wire::{
-    AdminUserBody, ApiKeyBody, DeleteAccountBody, EmailBody, LoginBody, MagicLinkBody, PartnerBody,
-    PasswordBody, ProfileBody, RefreshBody, RegisterBody, ResetBody, TokenBody, admin_user_view,
-    created_key_view, key_view, session_view, token_answer, user_listing, user_view,
+    AcceptBody, AdminUserBody, ApiKeyBody, DeleteAccountBody, EmailBody, InvitationBody, LoginBody,
+    MagicLinkBody, PartnerBody, PasswordBody, ProfileBody, RefreshBody, RegisterBody, ResetBody,
+    TokenBody, admin_user_view, created_key_view, invited_view, key_view, session_view,
+    token_answer, user_listing, user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
@@ -445,6 +447,38 @@ pub async fn handle(
                     Ok(json(StatusCode::OK, &admin_user_view(&user), true))
                 }
             }
+        }
+        (Some("/admin/invitations"), _) => {
+            allow(&method, &[Method::POST])?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            require_admin(&caller)?;
+            let body: InvitationBody = read_json(req).await?;
+            let email = required(body.email, "email")?;
+            let invited = accounts
+                .invite(config, &caller, &email, body.roles, now)
+                .await?;
+            Ok(json(StatusCode::CREATED, &invited_view(&invited), true))
+        }
+        (Some("/invitations/accept"), _) => {
+            allow(&method, &[Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let body: AcceptBody = read_json(req).await?;
+            let token = required(body.token, "token")?;
+            let issued = accounts
+                .accept_invitation(
+                    config,
+                    Acceptance {
+                        token,
+                        password: body.password,
+                        password_confirmation: body.password_confirmation,
+                        name: body.name,
+                        username: body.username,
+                    },
+                    &client,
+                    now,
+                )
+                .await?;
+            Ok(json(StatusCode::OK, &token_answer(&issued), true))
         }
         (Some("/verify"), _) => {
             allow(&method, &[Method::GET, Method::HEAD])?;

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::accounts::admin::{UserChange, UserListing};
+use crate::accounts::invitations::Invited;
 use crate::accounts::{Issued, LoginId, NewApiKey, PartnerUser};
 use crate::problem::{ApiError, FieldError};
 use crate::store::{ApiKey, ApiKeyKind, Session, UnixMillis, User};
@@ -361,6 +362,33 @@ pub fn user_listing(query: Option<&str>) -> Result<UserListing, ApiError> {
     } else {
         Err(ApiError::ValidationFailed { errors })
     }
+}
+
+/// `POST /auth/admin/invitations`.
+#[derive(Debug, Deserialize)]
+pub struct InvitationBody {
+    pub email: Option<String>,
+    pub roles: Option<Vec<String>>,
+}
+
+/// `POST /auth/invitations/accept`.
+// No `Debug`: it holds a one-time token and a password.
+#[derive(Deserialize)]
+pub struct AcceptBody {
+    pub token: Option<String>,
+    pub password: Option<String>,
+    pub password_confirmation: Option<String>,
+    pub name: Option<String>,
+    pub username: Option<String>,
+}
+
+/// The answer of `POST /auth/admin/invitations` (the link itself goes only by mail).
+pub fn invited_view(invited: &Invited) -> serde_json::Value {
+    serde_json::json!({
+        "email": invited.email,
+        "roles": invited.roles,
+        "expires_at": rfc3339(invited.expires_at),
+    })
 }
 
 /// A session as `GET /auth/sessions` lists it.

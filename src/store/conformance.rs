@@ -1254,6 +1254,35 @@ pub async fn one_time_tokens_single_use(store: Arc<dyn Store>) {
     assert_eq!(got.email.as_deref(), Some("invitee@example.com"));
     assert_eq!(got.payload, serde_json::json!({"roles": ["admin"]}));
     assert_eq!(got.user_id, None);
+
+    // A new invitation voids the older ones to that address (any spelling) and kind only.
+    let address = format!("again-{}@example.com", new_id());
+    let mut tokens = Vec::new();
+    for (kind, to) in [
+        (OneTimeKind::Invitation, address.to_uppercase()),
+        (OneTimeKind::Invitation, address.clone()),
+        (OneTimeKind::MagicLink, address.clone()),
+        (OneTimeKind::Invitation, format!("other-{address}")),
+    ] {
+        let mut t = one_time(kind, None, now);
+        t.email = Some(to);
+        store.create_one_time_token(&t).await.unwrap();
+        tokens.push(t);
+    }
+    assert_eq!(
+        store
+            .delete_one_time_tokens_for_email(&format!(" {address} "), OneTimeKind::Invitation)
+            .await
+            .unwrap(),
+        2
+    );
+    for (t, kept) in tokens.iter().zip([false, false, true, true]) {
+        let found = store
+            .get_one_time_token(&t.token_hash, t.kind, now)
+            .await
+            .unwrap();
+        assert_eq!(found.is_some(), kept, "{:?}", t.email);
+    }
 }
 
 /// Twenty concurrent uses of one token: exactly one wins.

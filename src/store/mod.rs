@@ -683,6 +683,15 @@ pub trait Store: Send + Sync {
         kind: OneTimeKind,
     ) -> Result<u64, StoreError>;
 
+    /// Deletes the unused tokens of a kind sent to this email (normalised before the
+    /// comparison), whoever they act for: a new invitation voids older ones to the same
+    /// address. Returns how many.
+    async fn delete_one_time_tokens_for_email(
+        &self,
+        email: &str,
+        kind: OneTimeKind,
+    ) -> Result<u64, StoreError>;
+
     // ---- housekeeping ----
 
     /// Removes what can no longer be used at `now`: expired refresh and one-time tokens,

@@ -1313,6 +1313,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_one_time_tokens_for_email(
+        &self,
+        email: &str,
+        kind: OneTimeKind,
+    ) -> Result<u64, StoreError> {
+        let email = normalize_email(email);
+        self.write(move |conn| {
+            // No index on `email`: the table holds only live links and is purged of expired
+            // ones, and this runs once per invitation.
+            let n = conn.execute(
+                "DELETE FROM one_time_tokens WHERE email = ?1 AND kind = ?2",
+                params![email, kind.as_str()],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now: UnixMillis) -> Result<PurgeCounts, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

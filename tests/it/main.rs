@@ -8,6 +8,7 @@ mod architecture;
 mod auth;
 mod check;
 mod forward_auth;
+mod invitations;
 mod lifecycle;
 mod operations;
 mod protocols;

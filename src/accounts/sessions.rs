@@ -11,8 +11,8 @@ use crate::store::{Session, StoreError, UnixMillis};
 impl Accounts {
     /// `GET /auth/sessions`: the caller's active sessions, most recently used first. The
     /// session the request came with is marked used now first, so the list shows it as the
-    /// one in use (refresh rotations update `last_used_at` too; other authenticated requests
-    /// do not write to the store).
+    /// one in use. (Refresh rotations set `last_used_at` at once; other authenticated
+    /// requests are noted by the auth cache and written in batches every few seconds.)
     pub async fn list_sessions(
         &self,
         caller: &Caller,

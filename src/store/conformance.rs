@@ -606,6 +606,31 @@ pub async fn sessions_lifecycle(store: Arc<dyn Store>) {
     assert_eq!(touched.last_used_at, now + 10 * HOUR);
     assert_not_found(store.touch_session(&new_id(), now).await);
 
+    // Batched uses: forward only, unknown ids skipped, several sessions in one call.
+    store
+        .record_session_use(&[
+            (s3.id.clone(), now + 5),
+            (new_id(), now + 7),
+            (s3.id.clone(), now + 4),
+            (s2.id.clone(), now + 3),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_session_use(&[(s1.id.clone(), now + HOUR)])
+        .await
+        .unwrap();
+    store.record_session_use(&[]).await.unwrap();
+    let last_used = |s: Option<Session>| s.unwrap().last_used_at;
+    assert_eq!(
+        (
+            last_used(store.get_session(&s1.id).await.unwrap()),
+            last_used(store.get_session(&s2.id).await.unwrap()),
+            last_used(store.get_session(&s3.id).await.unwrap()),
+        ),
+        (now + 10 * HOUR, now + 3, now + 5)
+    );
+
     let active = store.list_active_sessions(&u.id, now + 1).await.unwrap();
     let ids: Vec<&str> = active.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(

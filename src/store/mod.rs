@@ -557,6 +557,9 @@ pub trait Store: Send + Sync {
     async fn is_session_revoked(&self, id: &str, now: UnixMillis) -> Result<bool, StoreError>;
     /// Records a use: `last_used_at = max(last_used_at, now)`. `NotFound` if unknown.
     async fn touch_session(&self, id: &str, now: UnixMillis) -> Result<(), StoreError>;
+    /// Flushes a batch of `(session id, used at)` in one write: `last_used_at` only moves
+    /// forward; unknown ids (deleted meanwhile) are skipped.
+    async fn record_session_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError>;
     /// The user's sessions that are active at `now`, most recently used first.
     async fn list_active_sessions(
         &self,

@@ -1096,6 +1096,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_session_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let uses = uses.to_vec();
+        self.write(move |conn| {
+            // One transaction for the batch: one fsync instead of one per session.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE sessions SET last_used_at = max(last_used_at, ?2) WHERE id = ?1",
+                )?;
+                for (id, at) in &uses {
+                    stmt.execute(params![id, at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn record_api_key_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());

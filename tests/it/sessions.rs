@@ -1,7 +1,7 @@
 //! A user's own sessions through the real binary (SPEC section 5, `/auth/sessions`): the
 //! list with user agent, address and the current one marked, `last_used_at` moved by a
-//! refresh, ending one session or all others, and ended sessions refused on the proxy path
-//! at once.
+//! refresh and by authenticated requests, ending one session or all others, and ended
+//! sessions refused on the proxy path at once.
 
 use std::time::Duration;
 
@@ -153,6 +153,19 @@ async fn list_and_end_sessions() {
     let sessions = list(&gw, &access(&b)).await;
     let s = find(&sessions, &sid_a);
     assert_ne!(s["last_used_at"], s["created_at"], "{s}");
+
+    // Authenticated requests move it too, written in batches every few seconds.
+    let before = find(&list(&gw, &access(&b)).await, &sid_c)["last_used_at"].clone();
+    assert_eq!(proxied(&gw, &access(&c)).await.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sessions = list(&gw, &access(&b)).await;
+        if find(&sessions, &sid_c)["last_used_at"] != before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never flushed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Ending one session: its access token is refused on the proxy path at once, even
     // though the proxy path had it cached.

@@ -346,7 +346,7 @@ impl Authenticator {
                     .await?
             }
         };
-        // Batched into `last_used_at` like API key uses (the key's own is noted above).
+        // Batched into the session's `last_used_at`, as `api_key` does for keys.
         if let Some(sid) = &principal.session_id {
             self.cache.note_session_use(sid, now);
         }

@@ -10,7 +10,10 @@
 //! [`AccountError`], which `endpoints` maps to problem responses), or the clock: every call
 //! takes `now` in milliseconds.
 
+pub mod admin;
+pub mod invitations;
 pub mod lifecycle;
+pub mod sessions;
 pub mod validate;
 
 use std::net::IpAddr;
@@ -473,6 +476,7 @@ impl Accounts {
                     roles: vec!["user".into()],
                     password,
                 },
+                false,
                 now,
             )
             .await?;
@@ -522,10 +526,17 @@ impl Accounts {
         if !issues.is_empty() {
             return Err(AccountError::Invalid(issues));
         }
-        self.insert_user(input, now).await
+        self.insert_user(input, false, now).await
     }
 
-    async fn insert_user(&self, input: NewUser, now: UnixMillis) -> Result<User, AccountError> {
+    /// Stores a new user with a hashed password; `email_verified` when the address is
+    /// already proven (an accepted invitation).
+    async fn insert_user(
+        &self,
+        input: NewUser,
+        email_verified: bool,
+        now: UnixMillis,
+    ) -> Result<User, AccountError> {
         let hash = password::hash_blocking(input.password).await?;
         let user = User {
             id: new_id(),
@@ -533,7 +544,7 @@ impl Accounts {
             username: input.username,
             name: input.name,
             external_id: None,
-            email_verified: false,
+            email_verified,
             roles: if input.roles.is_empty() {
                 vec!["user".into()]
             } else {
@@ -1199,17 +1210,21 @@ impl Accounts {
             self.check_current_password(cfg, caller, "password", password, client, now)
                 .await?;
         }
-        let sessions = self
-            .store
-            .list_active_sessions(&caller.user.id, now)
-            .await?;
-        let keys = self.store.list_api_keys(&caller.user.id).await?;
-        let result = match self.store.delete_user(&caller.user.id).await {
+        self.purge_user(&caller.user.id, now).await
+    }
+
+    /// Deletes the user and everything it owns (sessions, refresh tokens, API keys,
+    /// one-time tokens) and evicts all of it from this replica's cache, so its credentials
+    /// stop working here at once. Deleting a user that is already gone succeeds.
+    async fn purge_user(&self, user_id: &str, now: UnixMillis) -> Result<(), AccountError> {
+        let sessions = self.store.list_active_sessions(user_id, now).await?;
+        let keys = self.store.list_api_keys(user_id).await?;
+        let result = match self.store.delete_user(user_id).await {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(e) => Err(e.into()),
         };
         let cache = self.auth.cache();
-        cache.evict_user(&caller.user.id).await;
+        cache.evict_user(user_id).await;
         for s in sessions {
             cache.evict_session(&s.id).await;
         }

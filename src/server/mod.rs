@@ -274,7 +274,8 @@ async fn purge_expired(store: Arc<dyn crate::store::Store>) {
     }
 }
 
-/// How often idle rate-limit buckets are dropped and API key uses written to the store.
+/// How often idle rate-limit buckets are dropped and API key and session uses written to the
+/// store.
 const MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn maintenance(accounts: Arc<Accounts>, live: LiveSnapshot) {
@@ -286,6 +287,9 @@ async fn maintenance(accounts: Arc<Accounts>, live: LiveSnapshot) {
         // `last_used_at` is batched here rather than written on every request.
         if let Err(e) = accounts.authenticator().cache().flush_api_key_uses().await {
             tracing::warn!(target: "gatehouse::store", error = %e, "cannot record API key uses; will retry");
+        }
+        if let Err(e) = accounts.authenticator().cache().flush_session_uses().await {
+            tracing::warn!(target: "gatehouse::store", error = %e, "cannot record session uses; will retry");
         }
     }
 }

@@ -572,6 +572,9 @@ pub trait Store: Send + Sync {
     async fn is_session_revoked(&self, id: &str, now: UnixMillis) -> Result<bool, StoreError>;
     /// Records a use: `last_used_at = max(last_used_at, now)`. `NotFound` if unknown.
     async fn touch_session(&self, id: &str, now: UnixMillis) -> Result<(), StoreError>;
+    /// Flushes a batch of `(session id, used at)` in one write: `last_used_at` only moves
+    /// forward; unknown ids (deleted meanwhile) are skipped.
+    async fn record_session_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError>;
     /// The user's sessions that are active at `now`, most recently used first.
     async fn list_active_sessions(
         &self,
@@ -695,6 +698,15 @@ pub trait Store: Send + Sync {
     async fn delete_one_time_tokens(
         &self,
         user_id: &str,
+        kind: OneTimeKind,
+    ) -> Result<u64, StoreError>;
+
+    /// Deletes the unused tokens of a kind sent to this email (normalised before the
+    /// comparison), whoever they act for: a new invitation voids older ones to the same
+    /// address. Returns how many.
+    async fn delete_one_time_tokens_for_email(
+        &self,
+        email: &str,
         kind: OneTimeKind,
     ) -> Result<u64, StoreError>;
 

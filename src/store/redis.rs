@@ -23,7 +23,8 @@
 //! - `r:{hash}` refresh token; `sr:{session}` its hashes; `x:r` hashes by expiry;
 //! - `k:{id}` API key; `kh:{hash}` -> id; `uk:{user}` its ids;
 //! - `sk:{kid}` signing key; `sks` the kids;
-//! - `o:{hash}` one-time token; `uo:{user}` its hashes; `x:o` hashes by expiry.
+//! - `o:{hash}` one-time token; `uo:{user}` and `oe:{email}` its hashes by owner and by
+//!   address; `x:o` hashes by expiry.
 //!
 //! Hashes of secrets appear in key names as lowercase hex. Time is never Redis's own:
 //! expiry is compared with the `now` the caller passes (as in the SQLite backend), and
@@ -693,6 +694,7 @@ struct Scripts {
     one_time_create: Script,
     one_time_consume: Script,
     one_time_delete_kind: Script,
+    one_time_delete_email: Script,
     purge: Script,
 }
 
@@ -701,7 +703,7 @@ impl Scripts {
         Scripts {
             create_user: Script::new(CREATE_USER),
             update_user: Script::new(UPDATE_USER),
-            delete_user: Script::new(DELETE_USER),
+            delete_user: Script::new(&format!("{DROP_ONE_TIME}{DELETE_USER}")),
             by_index: Script::new(BY_INDEX),
             members: Script::new(MEMBERS),
             list_users: Script::new(LIST_USERS),
@@ -716,9 +718,10 @@ impl Scripts {
             signing_rotate: Script::new(SIGNING_ROTATE),
             signing_retire: Script::new(SIGNING_RETIRE),
             one_time_create: Script::new(ONE_TIME_CREATE),
-            one_time_consume: Script::new(ONE_TIME_CONSUME),
-            one_time_delete_kind: Script::new(ONE_TIME_DELETE_KIND),
-            purge: Script::new(PURGE),
+            one_time_consume: Script::new(&format!("{DROP_ONE_TIME}{ONE_TIME_CONSUME}")),
+            one_time_delete_kind: Script::new(&format!("{DROP_ONE_TIME}{ONE_TIME_DELETE_KIND}")),
+            one_time_delete_email: Script::new(&format!("{DROP_ONE_TIME}{ONE_TIME_DELETE_EMAIL}")),
+            purge: Script::new(&format!("{DROP_ONE_TIME}{PURGE}")),
         }
     }
 }
@@ -794,8 +797,7 @@ for _, kid in ipairs(redis.call('SMEMBERS', p..'uk:'..id)) do
   redis.call('DEL', p..'k:'..kid)
 end
 for _, h in ipairs(redis.call('SMEMBERS', p..'uo:'..id)) do
-  redis.call('DEL', p..'o:'..h)
-  redis.call('ZREM', p..'x:o', h)
+  drop_one_time(p, h)
 end
 redis.call('DEL', p..'us:'..id, p..'uk:'..id, p..'uo:'..id, key)
 if u[1] then redis.call('DEL', p..'ue:'..u[1]) end
@@ -939,10 +941,11 @@ redis.call('SADD', p..'uk:'..uid, kid)
 return {'ok'}
 "#;
 
-/// ARGV: prefix, then (key id, used at) pairs; `last_used_at` only moves forward.
+/// ARGV: prefix, record prefix, then (id, used at) pairs; `last_used_at` only moves
+/// forward; unknown ids are skipped.
 const RECORD_USE: &str = r#"
-for i = 2, #ARGV, 2 do
-  local key = ARGV[1]..'k:'..ARGV[i]
+for i = 3, #ARGV, 2 do
+  local key = ARGV[1]..ARGV[2]..ARGV[i]
   if redis.call('EXISTS', key) == 1 then
     local last = redis.call('HGET', key, 'last_used_at')
     if not last or tonumber(last) < tonumber(ARGV[i + 1]) then
@@ -1003,15 +1006,28 @@ if ARGV[4] == '' then redis.call('HDEL', key, 'not_after') else redis.call('HSET
 return {'ok'}
 "#;
 
-/// ARGV: prefix, hash, user id ('' = none), expiry, field/value pairs.
+/// ARGV: prefix, hash, user id ('' = none), expiry, email ('' = none), field/value pairs.
 const ONE_TIME_CREATE: &str = r#"
-local p, h, uid = ARGV[1], ARGV[2], ARGV[3]
+local p, h, uid, email = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 if uid ~= '' and redis.call('EXISTS', p..'u:'..uid) == 0 then return {'notfound'} end
 if redis.call('EXISTS', p..'o:'..h) == 1 then return {'conflict', 'token_hash'} end
-redis.call('HSET', p..'o:'..h, unpack(ARGV, 5))
+redis.call('HSET', p..'o:'..h, unpack(ARGV, 6))
 if uid ~= '' then redis.call('SADD', p..'uo:'..uid, h) end
+if email ~= '' then redis.call('SADD', p..'oe:'..email, h) end
 redis.call('ZADD', p..'x:o', ARGV[4], h)
 return {'ok'}
+"#;
+
+/// Deletes one-time token `h` and its index entries, as a Lua function; answers 1 if it
+/// existed.
+const DROP_ONE_TIME: &str = r#"
+local function drop_one_time(p, h)
+  local t = redis.call('HMGET', p..'o:'..h, 'user_id', 'email')
+  if t[1] then redis.call('SREM', p..'uo:'..t[1], h) end
+  if t[2] then redis.call('SREM', p..'oe:'..t[2], h) end
+  redis.call('ZREM', p..'x:o', h)
+  return redis.call('DEL', p..'o:'..h)
+end
 "#;
 
 /// ARGV: prefix, hash, kind, now: removes and answers the token if it is of this kind
@@ -1022,9 +1038,7 @@ local key = p..'o:'..h
 local t = redis.call('HMGET', key, 'kind', 'expires_at', 'user_id')
 if not t[1] or t[1] ~= ARGV[3] or tonumber(t[2]) <= tonumber(ARGV[4]) then return {} end
 local all = redis.call('HGETALL', key)
-redis.call('DEL', key)
-redis.call('ZREM', p..'x:o', h)
-if t[3] then redis.call('SREM', p..'uo:'..t[3], h) end
+drop_one_time(p, h)
 return all
 "#;
 
@@ -1035,12 +1049,25 @@ local n = 0
 for _, h in ipairs(redis.call('SMEMBERS', p..'uo:'..uid)) do
   local kind = redis.call('HGET', p..'o:'..h, 'kind')
   if kind == ARGV[3] then
-    redis.call('DEL', p..'o:'..h)
-    redis.call('ZREM', p..'x:o', h)
-    redis.call('SREM', p..'uo:'..uid, h)
-    n = n + 1
+    n = n + drop_one_time(p, h)
   elseif not kind then
     redis.call('SREM', p..'uo:'..uid, h)
+  end
+end
+return {'ok', tostring(n)}
+"#;
+
+/// ARGV: prefix, normalised email, kind: deletes the tokens of that kind sent to the
+/// address, whoever they act for; answers how many.
+const ONE_TIME_DELETE_EMAIL: &str = r#"
+local p, email = ARGV[1], ARGV[2]
+local n = 0
+for _, h in ipairs(redis.call('SMEMBERS', p..'oe:'..email)) do
+  local kind = redis.call('HGET', p..'o:'..h, 'kind')
+  if kind == ARGV[3] then
+    n = n + drop_one_time(p, h)
+  elseif not kind then
+    redis.call('SREM', p..'oe:'..email, h)
   end
 end
 return {'ok', tostring(n)}
@@ -1073,10 +1100,7 @@ for _, sid in ipairs(due('x:s')) do
 end
 local once = 0
 for _, h in ipairs(due('x:o')) do
-  local uid = redis.call('HGET', p..'o:'..h, 'user_id')
-  once = once + redis.call('DEL', p..'o:'..h)
-  redis.call('ZREM', p..'x:o', h)
-  if uid then redis.call('SREM', p..'uo:'..uid, h) end
+  once = once + drop_one_time(p, h)
 end
 local keys = 0
 for _, kid in ipairs(redis.call('SMEMBERS', p..'sks')) do
@@ -1428,6 +1452,20 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn record_session_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(uses.len() * 2 + 1);
+        args.push(Arg::text("s:"));
+        for (id, at) in uses {
+            args.push(Arg::text(id.as_str()));
+            args.push(Arg::num(*at));
+        }
+        self.run(&self.scripts.record_use, args).await?;
+        Ok(())
+    }
+
     async fn list_active_sessions(
         &self,
         user_id: &str,
@@ -1634,7 +1672,8 @@ impl Store for RedisStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut args = Vec::with_capacity(uses.len() * 2);
+        let mut args = Vec::with_capacity(uses.len() * 2 + 1);
+        args.push(Arg::text("k:"));
         for (id, at) in uses {
             args.push(Arg::text(id.as_str()));
             args.push(Arg::num(*at));
@@ -1733,6 +1772,13 @@ impl Store for RedisStore {
             Arg::text(hex(&token.token_hash)),
             Arg::opt(token.user_id.as_deref()),
             Arg::num(token.expires_at),
+            Arg::text(
+                token
+                    .email
+                    .as_deref()
+                    .map(normalize_email)
+                    .unwrap_or_default(),
+            ),
         ];
         args.extend(one_time_pairs(token)?.0);
         let v = self.run(&self.scripts.one_time_create, args).await?;
@@ -1785,6 +1831,20 @@ impl Store for RedisStore {
             .run(
                 &self.scripts.one_time_delete_kind,
                 vec![Arg::text(user_id), Arg::text(kind.as_str())],
+            )
+            .await?;
+        count(answer(&v)?.check()?.nth(0)?)
+    }
+
+    async fn delete_one_time_tokens_for_email(
+        &self,
+        email: &str,
+        kind: OneTimeKind,
+    ) -> Result<u64, StoreError> {
+        let v = self
+            .run(
+                &self.scripts.one_time_delete_email,
+                vec![Arg::text(normalize_email(email)), Arg::text(kind.as_str())],
             )
             .await?;
         count(answer(&v)?.check()?.nth(0)?)

@@ -23,16 +23,16 @@ fn code(a: &Answer) -> String {
 /// One delivered message, decoded by Python's `email` package (independent of the
 /// gateway's MIME writer).
 #[derive(Debug, Clone)]
-struct Mail {
-    to: String,
-    subject: String,
-    text: String,
-    html: String,
+pub(crate) struct Mail {
+    pub(crate) to: String,
+    pub(crate) subject: String,
+    pub(crate) text: String,
+    pub(crate) html: String,
 }
 
 impl Mail {
     /// The token of the first `...?token=` link in the text part.
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         let at = self.text.find("token=").expect("a link with a token") + "token=".len();
         self.text[at..]
             .chars()
@@ -42,7 +42,7 @@ impl Mail {
 }
 
 /// Every `.eml`/message file in `dir`, oldest first.
-fn read_mails(dir: &Path) -> Vec<Mail> {
+pub(crate) fn read_mails(dir: &Path) -> Vec<Mail> {
     let script = r#"
 import email, email.policy, json, os, sys
 d = sys.argv[1]
@@ -81,7 +81,7 @@ print(json.dumps(out))
 }
 
 /// Waits until `dir` holds `n` messages (delivery is queued, never inline).
-async fn wait_mails(dir: &Path, n: usize) -> Vec<Mail> {
+pub(crate) async fn wait_mails(dir: &Path, n: usize) -> Vec<Mail> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mails = read_mails(dir);

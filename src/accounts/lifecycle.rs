@@ -289,6 +289,7 @@ impl Accounts {
             Err(e) => return Err(e.into()),
         };
         self.revoke_sessions(&user.id, None, now).await?;
+        self.void_pending_mfa(&user.id).await?;
         self.auth.cache().evict_user(&user.id).await;
         if let Some(to) = user.email.clone() {
             self.mail(greeted(

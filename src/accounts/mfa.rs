@@ -595,6 +595,15 @@ impl Accounts {
         Ok(())
     }
 
+    /// Voids the user's `mfa_token`s: a password change or reset ends sign-ins that got
+    /// past the old password.
+    pub(super) async fn void_pending_mfa(&self, user_id: &str) -> Result<(), AccountError> {
+        self.store
+            .delete_one_time_tokens(user_id, OneTimeKind::MfaPending)
+            .await?;
+        Ok(())
+    }
+
     /// Removes the MFA state, unless another enrolment replaced the secret meanwhile (a
     /// struck-off recovery code is not such a change).
     async fn clear_mfa(&self, user: &User, now: UnixMillis) -> Result<(), AccountError> {

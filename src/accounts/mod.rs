@@ -1198,6 +1198,7 @@ impl Accounts {
         self.store.update_user(&caller.user.id, &patch, now).await?;
         self.revoke_sessions(&caller.user.id, caller.session_id(), now)
             .await?;
+        self.void_pending_mfa(&caller.user.id).await?;
         Ok(())
     }
 

@@ -290,6 +290,22 @@ async fn enrol_confirm_and_sign_in_with_a_second_factor() {
         "{cookies:?}"
     );
 
+    // A password change voids sign-ins that got past the old password.
+    let token = mfa_token(&gw, email).await;
+    let changed = post(
+        &gw,
+        "/auth/password",
+        Some(&mfa_access),
+        json!({"current_password": PASSWORD, "new_password": "purple-monkey-dishwasher"}),
+    )
+    .await;
+    assert_eq!(changed.status, 204, "{changed:?}");
+    let voided = verify(&gw, &token, &recovery[3]).await;
+    assert_eq!(
+        (voided.status, code(&voided)),
+        (401, "invalid_token".into())
+    );
+
     // Refused tokens and bodies.
     let bad = verify(&gw, "not-a-token", &totp(&secret, 0)).await;
     assert_eq!((bad.status, code(&bad)), (401, "invalid_token".into()));

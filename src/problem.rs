@@ -91,7 +91,9 @@ pub enum ApiError {
     MissingCredentials,
     #[error("wrong email, username or password")]
     InvalidCredentials,
-    #[error("a second factor is required: POST the mfa_token with a code to /auth/mfa/verify")]
+    #[error(
+        "a second factor is required: send the mfa_token with a TOTP or recovery code to mfa/verify"
+    )]
     MfaRequired { mfa_token: MfaToken },
     #[error("{0}")]
     InvalidToken(String),

@@ -925,3 +925,237 @@ mod tests {
         assert!(!shown.contains(&state.secret), "{shown}");
     }
 }
+
+/// The service on an in-memory store with a fixed clock: what the integration tests cannot
+/// pin down (the previous step, the edges of the window, races with a disable).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod service_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::accounts::{LoginId, NewUser};
+    use crate::principal::{AuthMethod, Principal};
+    use crate::store::{SqliteStore, Store, UserPatch};
+
+    /// The middle of a time step.
+    const T: UnixMillis = 1_700_000_015_000;
+    const STEP: u64 = 1_700_000_015 / PERIOD_SECS;
+    const PASSWORD: &str = "correct-horse-battery";
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            ip: "127.0.0.1".parse().unwrap(),
+            user_agent: None,
+        }
+    }
+
+    async fn setup() -> (Accounts, Config, User) {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let cfg = crate::config::parse(
+            "tokens: { issuer: http://gatehouse.test }\n",
+            std::path::Path::new("t.yaml"),
+            &|_| None,
+        )
+        .unwrap();
+        let accounts = Accounts::start(store, &cfg, T).await.unwrap();
+        let user = accounts
+            .create_user(
+                &cfg,
+                NewUser {
+                    email: Some("ada@example.com".into()),
+                    password: PASSWORD.into(),
+                    ..NewUser::default()
+                },
+                T,
+            )
+            .await
+            .unwrap();
+        (accounts, cfg, user)
+    }
+
+    async fn caller(accounts: &Accounts, id: &str) -> Caller {
+        let user = accounts.user_by_id(id).await.unwrap();
+        let principal = Principal {
+            method: AuthMethod::Jwt,
+            user_id: Some(user.id.clone()),
+            email: user.email.clone(),
+            username: None,
+            roles: user.roles.clone(),
+            scopes: None,
+            key_id: None,
+            session_id: None,
+            rendered: Default::default(),
+        };
+        Caller {
+            user,
+            principal: Arc::new(principal),
+        }
+    }
+
+    fn code_at(secret: &str, step: u64) -> String {
+        let bytes = totp_rs::Secret::Encoded(secret.into()).to_bytes().unwrap();
+        TOTP::new(Algorithm::SHA1, DIGITS, 0, PERIOD_SECS, bytes)
+            .unwrap()
+            .generate(step * PERIOD_SECS)
+    }
+
+    /// Enrols and confirms at `T` with the current step's code; the recovery codes.
+    async fn enable(accounts: &Accounts, cfg: &Config, user: &User) -> (String, Vec<String>) {
+        let me = caller(accounts, &user.id).await;
+        let enrollment = accounts.enroll_totp(cfg, &me, T).await.unwrap();
+        let me = caller(accounts, &user.id).await;
+        let codes = accounts
+            .confirm_totp(&me, &code_at(&enrollment.secret, STEP), T)
+            .await
+            .unwrap();
+        (enrollment.secret, codes)
+    }
+
+    async fn pending_token(accounts: &Accounts, cfg: &Config) -> String {
+        let outcome = accounts
+            .login(
+                cfg,
+                LoginId::Email("ada@example.com".into()),
+                PASSWORD.into(),
+                SignInRequest::default(),
+                &client(),
+                T,
+            )
+            .await
+            .unwrap();
+        match outcome {
+            SignIn::MfaRequired { mfa_token } => mfa_token,
+            SignIn::Issued(_) => panic!("signed in without the second factor"),
+        }
+    }
+
+    async fn verify(
+        accounts: &Accounts,
+        cfg: &Config,
+        token: &str,
+        code: &str,
+    ) -> Result<MfaVerified, AccountError> {
+        accounts.verify_mfa(cfg, token, code, &client(), T).await
+    }
+
+    #[tokio::test]
+    async fn each_step_in_the_window_is_accepted_once() {
+        let (accounts, cfg, user) = setup().await;
+        let (secret, _) = enable(&accounts, &cfg, &user).await;
+        let token = pending_token(&accounts, &cfg).await;
+        // Outside the window, and the step spent on confirmation.
+        for step in [STEP - 2, STEP + 2, STEP] {
+            let got = verify(&accounts, &cfg, &token, &code_at(&secret, step)).await;
+            assert!(
+                matches!(got, Err(AccountError::InvalidCredentials)),
+                "step {step}"
+            );
+        }
+        // The previous and the next step, once each; wrong codes did not burn the token.
+        let mut token = token;
+        let mut spent = Vec::new();
+        for step in [STEP - 1, STEP + 1] {
+            let ok = verify(&accounts, &cfg, &token, &code_at(&secret, step))
+                .await
+                .unwrap();
+            assert_eq!(ok.issued.session.amr, ["pwd", "mfa"]);
+            spent.push(token);
+            token = pending_token(&accounts, &cfg).await;
+            let again = verify(&accounts, &cfg, &token, &code_at(&secret, step)).await;
+            assert!(matches!(again, Err(AccountError::InvalidCredentials)));
+        }
+        for used in spent {
+            let got = verify(&accounts, &cfg, &used, &code_at(&secret, STEP)).await;
+            assert!(matches!(got, Err(AccountError::InvalidMfaToken)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_used_recovery_code_is_struck_off_and_cannot_revive_disabled_mfa() {
+        let (accounts, cfg, user) = setup().await;
+        let (_, codes) = enable(&accounts, &cfg, &user).await;
+        let token = pending_token(&accounts, &cfg).await;
+        let ok = verify(&accounts, &cfg, &token, &codes[0]).await.unwrap();
+        let left = |u: &User| {
+            MfaState::decode(u.mfa.as_deref())
+                .unwrap()
+                .map(|s| s.recovery_codes_left())
+        };
+        assert_eq!(left(&ok.issued.user), Some(9));
+        assert_eq!(left(&accounts.user_by_id(&user.id).await.unwrap()), Some(9));
+
+        // A recovery use that read the state before a DELETE, striking its code off after
+        // it: the compare and swap sees MFA gone and leaves it gone.
+        let before = accounts.user_by_id(&user.id).await.unwrap();
+        let me = caller(&accounts, &user.id).await;
+        accounts
+            .disable_totp(&cfg, &me, Some(codes[1].clone()), &client(), T)
+            .await
+            .unwrap();
+        let hash = match Code::parse(&codes[2]) {
+            Some(Code::Recovery(c)) => recovery_hash(&c),
+            _ => panic!("not a recovery code"),
+        };
+        accounts
+            .strike_recovery_code(before, &hash, T)
+            .await
+            .unwrap();
+        let after = accounts.user_by_id(&user.id).await.unwrap();
+        assert_eq!(after.mfa, None);
+        assert!(!is_enabled(&after));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_state_fails_closed() {
+        let (accounts, cfg, user) = setup().await;
+        let patch = UserPatch {
+            mfa: Some(Some(b"garbage".to_vec())),
+            ..UserPatch::default()
+        };
+        accounts
+            .store()
+            .update_user(&user.id, &patch, T)
+            .await
+            .unwrap();
+        let outcome = accounts
+            .login(
+                &cfg,
+                LoginId::Email("ada@example.com".into()),
+                PASSWORD.into(),
+                SignInRequest::default(),
+                &client(),
+                T,
+            )
+            .await;
+        assert!(matches!(outcome, Err(AccountError::Mfa(_))));
+    }
+
+    #[tokio::test]
+    async fn pending_enrolment_is_not_required_and_is_replaced() {
+        let (accounts, cfg, user) = setup().await;
+        let me = caller(&accounts, &user.id).await;
+        let first = accounts.enroll_totp(&cfg, &me, T).await.unwrap();
+        let me = caller(&accounts, &user.id).await;
+        let second = accounts.enroll_totp(&cfg, &me, T).await.unwrap();
+        assert_ne!(first.secret, second.secret);
+        // A code of the replaced secret does not confirm.
+        let me = caller(&accounts, &user.id).await;
+        let stale = accounts
+            .confirm_totp(&me, &code_at(&first.secret, STEP), T)
+            .await;
+        assert!(matches!(stale, Err(AccountError::Invalid(_))));
+        let outcome = accounts
+            .login(
+                &cfg,
+                LoginId::Email("ada@example.com".into()),
+                PASSWORD.into(),
+                SignInRequest::default(),
+                &client(),
+                T,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(outcome, SignIn::Issued(_)));
+    }
+}

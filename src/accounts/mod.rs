@@ -264,7 +264,8 @@ pub struct Accounts {
     /// `rate_limits.email`: forgot-password, magic-link and resends, per IP and address.
     email_limiter: WindowCounter,
     /// Set once by the server; CLI commands run without one (no mail is sent).
-    mailer: std::sync::OnceLock<Arc<crate::mail::Mailer>>,
+    /// Swapped whole when a reload changes the mail settings or templates.
+    mailer: arc_swap::ArcSwapOption<crate::mail::Mailer>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -310,7 +311,7 @@ impl Accounts {
             login_limiter: LoginLimiter::new(),
             register_limiter: WindowCounter::new(),
             email_limiter: WindowCounter::new(),
-            mailer: std::sync::OnceLock::new(),
+            mailer: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -333,9 +334,10 @@ impl Accounts {
         Ok(Self::new(store, auth, now))
     }
 
-    /// Gives the service its mailer (once; later calls are ignored).
+    /// Gives the service its mailer, replacing the previous one (which delivers what it
+    /// has queued, then stops).
     pub fn set_mailer(&self, mailer: Arc<crate::mail::Mailer>) {
-        let _ = self.mailer.set(mailer);
+        self.mailer.store(Some(mailer));
     }
 
     /// Loads (or on the first start creates and stores) the signing keys.

@@ -9,6 +9,7 @@
 
 pub mod wire;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -120,7 +121,7 @@ pub fn is_own_endpoint(config: &Config, path: &str) -> bool {
 
 /// Serves one request to the account API or a discovery document.
 pub async fn handle(
-    accounts: &Accounts,
+    accounts: &Arc<Accounts>,
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     path: &str,
@@ -198,7 +199,7 @@ pub async fn handle(
             let body: EmailBody = read_json(req).await?;
             let email = required(body.email, "email")?;
             accounts
-                .forgot_password(config, &email, &client, now)
+                .forgot_password(&snapshot.config, &email, &client, now)
                 .await?;
             Ok(accepted())
         }
@@ -208,7 +209,7 @@ pub async fn handle(
             let body: MagicLinkBody = read_json(req).await?;
             let email = required(body.email, "email")?;
             accounts
-                .request_magic_link(config, &email, body.redirect_to, &client, now)
+                .request_magic_link(&snapshot.config, &email, body.redirect_to, &client, now)
                 .await?;
             Ok(accepted())
         }

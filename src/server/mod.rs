@@ -69,16 +69,13 @@ impl Gateway {
         let proxy = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
         let store_cfg = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || crate::state::open_store(&store_cfg))
-            .await
-            .map_err(|e| crate::store::StoreError::Internal(e.to_string()))??;
+        let store = crate::state::open_store(&store_cfg).await?;
         let accounts =
             Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
         accounts.warm_up().await?;
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
         let mailer = crate::mail::Mailer::start(&config.accounts.email, shared.metrics.clone())
             .map_err(|e| ServerError::Mail(e.to_string()))?;
-        tracing::info!(target: "gatehouse::mail", backend = mailer.backend(), "mailer ready");
         accounts.set_mailer(Arc::new(mailer));
         let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             config, &shared, None,
@@ -174,6 +171,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     });
     tokio::spawn(reload::run(
         gateway.shared.clone(),
+        gateway.accounts.clone(),
         gateway.live.clone(),
         path,
         tick_rx,

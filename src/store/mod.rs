@@ -25,6 +25,7 @@
 //!   [`StoreError::NotFound`], as does creating a record that points at a missing user.
 
 pub mod conformance;
+pub mod redis;
 pub mod sqlite;
 
 use std::fmt;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use redis::{RedisOptions, RedisStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// Milliseconds since the Unix epoch.

@@ -12,6 +12,7 @@ mod mfa;
 mod operations;
 mod protocols;
 mod proxy;
+mod replicas;
 mod streaming;
 mod support;
 mod trusted;

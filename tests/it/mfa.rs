@@ -473,3 +473,34 @@ async fn magic_link_sign_in_asks_for_the_second_factor() {
         json!(["otp", "mfa"])
     );
 }
+
+/// Two replicas on one Redis (SPEC section 7): MFA enabled through one is required by the
+/// other, and ten concurrent verifies of one code spread over both: exactly one signs in.
+#[tokio::test]
+async fn one_code_wins_across_two_replicas_on_redis() {
+    let redis = crate::support::redis::RedisServer::start();
+    let config = format!(
+        "store: {{ kind: redis, url: \"{}\" }}\nrate_limits: {{ login: {{ attempts: 1000, per: 15m }} }}\n",
+        redis.url()
+    );
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
+    let email = "eve@example.com";
+    let access = register(&a, email).await;
+    let enrolled = enrol(&a, &access).await;
+    let on_b = send_json("GET", &b.url("/auth/me"), Some(&access), &Value::Null).await;
+    assert_eq!(on_b.json()["mfa_enabled"], true, "{on_b:?}");
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        tokens.push((gw, mfa_token(gw, email).await));
+    }
+    let next = totp(&enrolled.secret, 30);
+    let answers = join_all(tokens.iter().map(|(gw, t)| verify(gw, t, &next))).await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(ok, 1, "{answers:?}");
+    // A token made on one replica is finished on the other.
+    let token = mfa_token(&a, email).await;
+    let done = verify(&b, &token, &enrolled.recovery[0]).await;
+    assert_eq!(done.status, 200, "{done:?}");
+}

@@ -76,8 +76,9 @@ pub enum MfaError {
 }
 
 /// The TOTP state of an account, as stored (JSON) in [`User::mfa`].
+// Unknown fields are ignored, not refused: a later binary may add one during a rolling
+// upgrade without older replicas failing every sign-in; an incompatible layout bumps `v`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MfaState {
     /// Layout version.
     v: u8,

@@ -27,7 +27,7 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use crate::config::CacheConfig;
-use crate::store::{ApiKey, Session, Store, StoreError, TokenHash, UnixMillis, User};
+use crate::store::{ApiKey, Invalidation, Session, Store, StoreError, TokenHash, UnixMillis, User};
 
 /// How long entries live and how many there may be (the `cache` section of the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,20 +292,20 @@ impl AuthCache {
     /// Forgets the key with this hash (after it was revoked or deleted here, or on a message
     /// from another replica).
     pub async fn evict_api_key(&self, hash: &TokenHash) {
-        self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.api_keys.invalidate(hash).await;
+        self.apply(&Invalidation::ApiKey(*hash)).await;
+        self.publish(Invalidation::ApiKey(*hash)).await;
     }
 
     /// Forgets the user with this id (after an update, disable or delete).
     pub async fn evict_user(&self, id: &str) {
-        self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.users.invalidate(id).await;
+        self.apply(&Invalidation::User(id.to_owned())).await;
+        self.publish(Invalidation::User(id.to_owned())).await;
     }
 
     /// Forgets the session with this id (after a logout or revocation).
     pub async fn evict_session(&self, id: &str) {
-        self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.sessions.invalidate(id).await;
+        self.apply(&Invalidation::Session(id.to_owned())).await;
+        self.publish(Invalidation::Session(id.to_owned())).await;
     }
 
     /// Forgets everything: a replica that reconnects after losing the invalidation channel
@@ -315,6 +315,26 @@ impl AuthCache {
         self.api_keys.invalidate_all();
         self.users.invalidate_all();
         self.sessions.invalidate_all();
+    }
+
+    /// Evicts `what` here only: for invalidations another replica published (and this
+    /// one's own, echoed back by the channel).
+    pub async fn apply(&self, what: &Invalidation) {
+        self.evictions.fetch_add(1, Ordering::AcqRel);
+        match what {
+            Invalidation::User(id) => self.users.invalidate(id).await,
+            Invalidation::Session(id) => self.sessions.invalidate(id).await,
+            Invalidation::ApiKey(hash) => self.api_keys.invalidate(hash).await,
+            Invalidation::All => self.evict_all(),
+        }
+    }
+
+    /// Tells the other replicas. Best effort: when the channel is down the change itself
+    /// usually failed too, and their cache entries still end with `cache.ttl`.
+    async fn publish(&self, what: Invalidation) {
+        if let Err(e) = self.store.publish_invalidation(&what).await {
+            tracing::warn!(target: "gatehouse::cache", error = %e, "cannot publish a cache invalidation to the other replicas");
+        }
     }
 
     /// Records that the key was used at `now`, in memory only; the next

@@ -73,6 +73,15 @@ impl Gateway {
         let accounts =
             Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
         accounts.warm_up().await?;
+        // Other replicas' revocations reach this one's cache (SPEC section 7).
+        if let Some(mut invalidations) = store.invalidations() {
+            let accounts = accounts.clone();
+            tokio::spawn(async move {
+                while let Some(what) = invalidations.recv().await {
+                    accounts.authenticator().cache().apply(&what).await;
+                }
+            });
+        }
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
         let mailer = crate::mail::Mailer::start(&config.accounts.email, shared.metrics.clone())
             .map_err(|e| ServerError::Mail(e.to_string()))?;

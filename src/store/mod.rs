@@ -492,6 +492,19 @@ pub struct OneTimeToken {
     pub expires_at: UnixMillis,
 }
 
+/// A change every replica must evict from its cache (SPEC section 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The user changed (roles, disabled, deleted, ...).
+    User(String),
+    /// The session was revoked.
+    Session(String),
+    /// The API key with this hash was revoked or deleted.
+    ApiKey(TokenHash),
+    /// Everything: the channel was interrupted and messages may have been missed.
+    All,
+}
+
 /// What [`Store::purge_expired`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeCounts {
@@ -702,6 +715,21 @@ pub trait Store: Send + Sync {
         user_id: &str,
         kind: OneTimeKind,
     ) -> Result<u64, StoreError>;
+
+    // ---- invalidation across replicas ----
+
+    /// Tells every replica (this one included) to evict `what`. A store only one process
+    /// uses has no one to tell.
+    async fn publish_invalidation(&self, what: &Invalidation) -> Result<(), StoreError> {
+        let _ = what;
+        Ok(())
+    }
+
+    /// The invalidations published by any replica, with [`Invalidation::All`] after the
+    /// channel was interrupted; `None` for a store only one process uses. Call once.
+    fn invalidations(&self) -> Option<tokio::sync::mpsc::Receiver<Invalidation>> {
+        None
+    }
 
     // ---- housekeeping ----
 

@@ -37,10 +37,12 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
+use futures_util::StreamExt;
+
 use super::{
-    ApiKey, ApiKeyKind, ConflictField, MAX_PAGE, OneTimeKind, OneTimeToken, PurgeCounts,
-    RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError, TokenHash, UnixMillis,
-    User, UserPage, UserPatch, UserQuery, normalize_email,
+    ApiKey, ApiKeyKind, ConflictField, Invalidation, MAX_PAGE, OneTimeKind, OneTimeToken,
+    PurgeCounts, RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError, TokenHash,
+    UnixMillis, User, UserPage, UserPatch, UserQuery, normalize_email,
 };
 
 /// Connection settings of the Redis backend (plain data; the config layer fills it).
@@ -118,6 +120,11 @@ impl ConnectionLike for Conn {
 /// The Redis-backed [`Store`].
 pub struct RedisStore {
     conn: Conn,
+    /// Where the invalidation subscriber connects (in a cluster, classic pub/sub reaches
+    /// every node, so any one will do).
+    url: String,
+    /// The pub/sub channel of cache invalidations.
+    channel: String,
     prefix: String,
     /// A key of the data set's slot: scripts name it so a cluster client routes them to
     /// the node holding every key they touch.
@@ -198,6 +205,8 @@ impl RedisStore {
         };
         let store = RedisStore {
             conn,
+            url: options.url.clone(),
+            channel: format!("{}invalidate", options.prefix),
             prefix: options.prefix.clone(),
             anchor: format!("{}anchor", options.prefix),
             scripts: Scripts::new(),
@@ -1110,6 +1119,80 @@ fn count(v: &Value) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Internal("redis: count not a number".into()))
 }
 
+// ---- invalidation channel ----
+
+fn encode(what: &Invalidation) -> String {
+    match what {
+        Invalidation::User(id) => format!("u {id}"),
+        Invalidation::Session(id) => format!("s {id}"),
+        Invalidation::ApiKey(hash) => format!("k {}", hex(hash)),
+        Invalidation::All => "*".to_owned(),
+    }
+}
+
+fn decode(message: &str) -> Option<Invalidation> {
+    if message == "*" {
+        return Some(Invalidation::All);
+    }
+    let (kind, value) = message.split_once(' ')?;
+    match kind {
+        "u" => Some(Invalidation::User(value.to_owned())),
+        "s" => Some(Invalidation::Session(value.to_owned())),
+        "k" => unhex(value).ok().map(Invalidation::ApiKey),
+        _ => None,
+    }
+}
+
+/// Subscribes to the invalidation channel and forwards what arrives, for as long as `tx`
+/// has a receiver. A lost subscription is re-made with backoff, and because messages may
+/// have been missed meanwhile, [`Invalidation::All`] is sent once it is back.
+async fn subscribe(url: String, channel: String, tx: tokio::sync::mpsc::Sender<Invalidation>) {
+    const LOG: &str = "gatehouse::store";
+    let mut delay = Duration::from_millis(100);
+    let mut interrupted = false;
+    while !tx.is_closed() {
+        let connected = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        }
+        .await;
+        match connected {
+            Ok(mut pubsub) => {
+                if interrupted {
+                    tracing::info!(target: LOG, "invalidation channel back; flushing the cache");
+                    if tx.send(Invalidation::All).await.is_err() {
+                        return;
+                    }
+                }
+                delay = Duration::from_millis(100);
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let Some(what) = std::str::from_utf8(msg.get_payload_bytes())
+                        .ok()
+                        .and_then(decode)
+                    else {
+                        continue;
+                    };
+                    if tx.send(what).await.is_err() {
+                        return;
+                    }
+                }
+                tracing::warn!(target: LOG, "invalidation channel lost; reconnecting");
+            }
+            Err(e) => {
+                if !interrupted {
+                    tracing::warn!(target: LOG, error = %e, "cannot subscribe to the invalidation channel; retrying");
+                }
+            }
+        }
+        interrupted = true;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
     fn kind(&self) -> &'static str {
@@ -1753,6 +1836,25 @@ impl Store for RedisStore {
         count(answer(&v)?.check()?.nth(0)?)
     }
 
+    // ---- invalidation across replicas ----
+
+    async fn publish_invalidation(&self, what: &Invalidation) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: Value = redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(encode(what))
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    fn invalidations(&self) -> Option<tokio::sync::mpsc::Receiver<Invalidation>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(subscribe(self.url.clone(), self.channel.clone(), tx));
+        Some(rx)
+    }
+
     // ---- housekeeping ----
 
     async fn purge_expired(&self, now: UnixMillis) -> Result<PurgeCounts, StoreError> {
@@ -1934,6 +2036,20 @@ mod tests {
             .await
             .unwrap();
         conformance::run_all(Arc::new(store)).await;
+    }
+
+    #[test]
+    fn invalidations_round_trip() {
+        for what in [
+            Invalidation::User("u-1".into()),
+            Invalidation::Session("s 2".into()),
+            Invalidation::ApiKey(conformance::random_hash()),
+            Invalidation::All,
+        ] {
+            assert_eq!(decode(&encode(&what)), Some(what));
+        }
+        assert_eq!(decode("x y"), None);
+        assert_eq!(decode("k nothex"), None);
     }
 
     #[test]

@@ -110,3 +110,124 @@ async fn two_replicas_behave_as_one_gateway() {
     let ready = send("GET", &b.admin_url("/readyz"), &[], crate::support::empty()).await;
     assert_eq!(ready.status, 200, "{:?}", ready.body);
 }
+
+/// Polls `probe` until it returns `want` or `within` passes; the status last seen.
+async fn eventually<F, Fut>(within: std::time::Duration, want: u16, mut probe: F) -> u16
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got = probe().await;
+        if got == want || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// A revocation made through one replica reaches the other's cache within a second
+/// (published on Redis pub/sub), although `cache.ttl` is a minute.
+#[tokio::test]
+async fn revocations_reach_the_other_replica() {
+    let redis = RedisServer::start();
+    let echo = Echo::start();
+    let a = replica(&redis, &echo);
+    let b = replica(&redis, &echo);
+    let second = std::time::Duration::from_secs(1);
+
+    let reg = post(
+        &a,
+        "/auth/register",
+        None,
+        json!({"email": "lin@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(reg.status, 201, "{:?}", reg.body);
+    let token = reg.json()["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+
+    // An API key, used (and so cached) on B, revoked on A.
+    let key = post(
+        &a,
+        "/auth/api-keys",
+        Some(&token),
+        json!({"name": "ci", "kind": "secret"}),
+    )
+    .await
+    .json();
+    let sk = key["key"].as_str().unwrap().to_owned();
+    assert_eq!(get(&b, "/req/x", &[("x-api-key", &sk)]).await.status, 200);
+    let revoked = send(
+        "DELETE",
+        &a.url(&format!("/auth/api-keys/{}", key["id"].as_str().unwrap())),
+        &[("authorization", &bearer)],
+        crate::support::empty(),
+    )
+    .await;
+    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+    let got = eventually(second, 401, || async {
+        get(&b, "/req/x", &[("x-api-key", &sk)]).await.status
+    })
+    .await;
+    assert_eq!(got, 401, "the revoked key still works on the other replica");
+
+    // The session, used on B, logged out on A.
+    assert_eq!(
+        get(&b, "/req/x", &[("authorization", &bearer)])
+            .await
+            .status,
+        200
+    );
+    let out = post(&a, "/auth/logout", Some(&token), json!({})).await;
+    assert_eq!(out.status, 204, "{:?}", out.body);
+    let got = eventually(second, 401, || async {
+        get(&b, "/req/x", &[("authorization", &bearer)])
+            .await
+            .status
+    })
+    .await;
+    assert_eq!(
+        got, 401,
+        "the logged-out token still works on the other replica"
+    );
+    let refused = get(&b, "/req/x", &[("authorization", &bearer)]).await;
+    assert_eq!(refused.json()["code"], "session_revoked");
+
+    // The account deleted on A: a fresh login's token, cached on B, stops working there.
+    let login = post(
+        &b,
+        "/auth/login",
+        None,
+        json!({"email": "lin@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{:?}", login.body);
+    let token = login.json()["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        get(&b, "/req/x", &[("authorization", &bearer)])
+            .await
+            .status,
+        200
+    );
+    let gone = send_json(
+        "DELETE",
+        &a.url("/auth/me"),
+        Some(&token),
+        &json!({"password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(gone.status, 204, "{:?}", gone.body);
+    let got = eventually(second, 401, || async {
+        get(&b, "/req/x", &[("authorization", &bearer)])
+            .await
+            .status
+    })
+    .await;
+    assert_eq!(
+        got, 401,
+        "a deleted account's token still works on the other replica"
+    );
+}

@@ -65,6 +65,17 @@ impl RateLimitInfo {
     }
 }
 
+/// The `mfa_token` of an `mfa_required` answer: shown to the client in the body, never in
+/// a log (its `Debug` is redacted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MfaToken(pub String);
+
+impl std::fmt::Debug for MfaToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MfaToken(<redacted>)")
+    }
+}
+
 /// A failure answered by the gateway itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -80,6 +91,10 @@ pub enum ApiError {
     MissingCredentials,
     #[error("wrong email, username or password")]
     InvalidCredentials,
+    #[error(
+        "a second factor is required: send the mfa_token with a TOTP or recovery code to mfa/verify"
+    )]
+    MfaRequired { mfa_token: MfaToken },
     #[error("{0}")]
     InvalidToken(String),
     #[error("the access token has expired")]
@@ -100,6 +115,8 @@ pub enum ApiError {
     EmailNotVerified,
     #[error("{field} is already taken")]
     AlreadyExists { field: &'static str },
+    #[error("TOTP MFA is already enabled; disable it first to enrol a new secret")]
+    MfaAlreadyEnabled,
     #[error("too many requests; retry in {} s", .0.retry_after_secs)]
     RateLimited(RateLimitInfo),
     #[error("no route matches this request")]
@@ -133,6 +150,7 @@ impl ApiError {
             | ApiError::WeakPassword(_) => StatusCode::BAD_REQUEST,
             ApiError::MissingCredentials
             | ApiError::InvalidCredentials
+            | ApiError::MfaRequired { .. }
             | ApiError::InvalidToken(_)
             | ApiError::TokenExpired
             | ApiError::SessionRevoked
@@ -142,7 +160,7 @@ impl ApiError {
             | ApiError::EmailNotVerified
             | ApiError::PublishableKeyNotAllowed
             | ApiError::CsrfFailed => StatusCode::FORBIDDEN,
-            ApiError::AlreadyExists { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. } | ApiError::MfaAlreadyEnabled => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoRoute | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -166,6 +184,7 @@ impl ApiError {
             ApiError::WeakPassword(_) => "weak_password",
             ApiError::MissingCredentials => "missing_credentials",
             ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::MfaRequired { .. } => "mfa_required",
             ApiError::InvalidToken(_) => "invalid_token",
             ApiError::TokenExpired => "token_expired",
             ApiError::SessionRevoked => "session_revoked",
@@ -175,7 +194,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::AccountDisabled => "account_disabled",
             ApiError::EmailNotVerified => "email_not_verified",
-            ApiError::AlreadyExists { .. } => "already_exists",
+            ApiError::AlreadyExists { .. } | ApiError::MfaAlreadyEnabled => "already_exists",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::NoRoute => "no_route",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -198,6 +217,7 @@ impl ApiError {
             ApiError::WeakPassword(_) => "Weak password",
             ApiError::MissingCredentials => "Missing credentials",
             ApiError::InvalidCredentials => "Invalid credentials",
+            ApiError::MfaRequired { .. } => "MFA required",
             ApiError::InvalidToken(_) => "Invalid token",
             ApiError::TokenExpired => "Token expired",
             ApiError::SessionRevoked => "Session revoked",
@@ -207,7 +227,7 @@ impl ApiError {
             ApiError::Forbidden => "Forbidden",
             ApiError::AccountDisabled => "Account disabled",
             ApiError::EmailNotVerified => "Email not verified",
-            ApiError::AlreadyExists { .. } => "Already exists",
+            ApiError::AlreadyExists { .. } | ApiError::MfaAlreadyEnabled => "Already exists",
             ApiError::RateLimited(_) => "Rate limited",
             ApiError::NoRoute => "No route",
             ApiError::MethodNotAllowed { .. } => "Method not allowed",
@@ -230,6 +250,7 @@ impl ApiError {
             | ApiError::WeakPassword(_)
             | ApiError::MissingCredentials
             | ApiError::InvalidCredentials
+            | ApiError::MfaRequired { .. }
             | ApiError::InvalidToken(_)
             | ApiError::TokenExpired
             | ApiError::SessionRevoked
@@ -240,6 +261,7 @@ impl ApiError {
             | ApiError::AccountDisabled
             | ApiError::EmailNotVerified
             | ApiError::AlreadyExists { .. }
+            | ApiError::MfaAlreadyEnabled
             | ApiError::RateLimited(_)
             | ApiError::NoRoute
             | ApiError::MethodNotAllowed { .. }
@@ -274,8 +296,14 @@ impl ApiError {
             "title": self.title(),
             "detail": self.detail(),
         });
-        if let (ApiError::ValidationFailed { errors }, Some(obj)) = (&self, body.as_object_mut()) {
-            obj.insert("errors".into(), serde_json::json!(errors));
+        match (&self, body.as_object_mut()) {
+            (ApiError::ValidationFailed { errors }, Some(obj)) => {
+                obj.insert("errors".into(), serde_json::json!(errors));
+            }
+            (ApiError::MfaRequired { mfa_token }, Some(obj)) => {
+                obj.insert("mfa_token".into(), serde_json::json!(mfa_token.0));
+            }
+            _ => {}
         }
         let mut resp = Response::new(ResBody::full(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
@@ -385,6 +413,14 @@ mod tests {
             (ApiError::WeakPassword("x".into()), 400, "weak_password"),
             (ApiError::MissingCredentials, 401, "missing_credentials"),
             (ApiError::InvalidCredentials, 401, "invalid_credentials"),
+            (
+                ApiError::MfaRequired {
+                    mfa_token: MfaToken("t".into()),
+                },
+                401,
+                "mfa_required",
+            ),
+            (ApiError::MfaAlreadyEnabled, 409, "already_exists"),
             (ApiError::InvalidToken("x".into()), 401, "invalid_token"),
             (ApiError::TokenExpired, 401, "token_expired"),
             (ApiError::SessionRevoked, 401, "session_revoked"),
@@ -488,6 +524,26 @@ mod tests {
         assert_eq!(
             resp.headers()["www-authenticate"],
             "Bearer error=\"invalid_token\""
+        );
+    }
+
+    #[tokio::test]
+    async fn mfa_required_carries_its_token_in_the_body_only() {
+        let err = ApiError::MfaRequired {
+            mfa_token: MfaToken("the-token".into()),
+        };
+        assert!(!format!("{err:?} {err}").contains("the-token"));
+        let resp = err.into_response();
+        assert!(resp.headers().get("www-authenticate").is_none());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (
+                v["status"].as_u64(),
+                v["code"].as_str(),
+                v["mfa_token"].as_str()
+            ),
+            (Some(401), Some("mfa_required"), Some("the-token"))
         );
     }
 

@@ -335,6 +335,7 @@ impl Accounts {
             Err(e) => return Err(e.into()),
         };
         self.revoke_sessions(&user.id, None, now).await?;
+        self.void_pending_mfa(&user.id).await?;
         self.auth.cache().evict_user(&user.id).await;
         if let Some(to) = user.email.clone() {
             self.mail(greeted(
@@ -413,16 +414,17 @@ impl Accounts {
         Ok(())
     }
 
-    /// `POST /auth/magic-link/verify {token}`: signs the account in (`amr: ["otp"]`); the
-    /// link also proves the address. Returns the session and the `redirect_to` given when
-    /// the link was asked for.
+    /// `POST /auth/magic-link/verify {token}`: signs the account in (`amr: ["otp"]`), or,
+    /// when it has MFA, answers with an `mfa_token` (the `redirect_to` then comes back from
+    /// `/auth/mfa/verify`); the link also proves the address. Returns the outcome and the
+    /// `redirect_to` given when the link was asked for.
     pub async fn verify_magic_link(
         &self,
         cfg: &Config,
         token: &str,
         client: &ClientInfo,
         now: UnixMillis,
-    ) -> Result<(super::Issued, Option<String>), AccountError> {
+    ) -> Result<(super::SignIn, Option<String>), AccountError> {
         let used = self
             .store
             .consume_one_time_token(&secret_hash(token), OneTimeKind::MagicLink, now)
@@ -454,10 +456,14 @@ impl Accounts {
             .get("redirect_to")
             .and_then(|r| r.as_str())
             .map(str::to_owned);
-        let issued = self
-            .start_session(cfg, user, vec!["otp".into()], client, now)
+        let request = super::SignInRequest {
+            cookie_session: false,
+            redirect_to: redirect_to.clone(),
+        };
+        let outcome = self
+            .sign_in(cfg, user, vec!["otp".into()], request, client, now)
             .await?;
-        Ok((issued, redirect_to))
+        Ok((outcome, redirect_to))
     }
 
     /// `rate_limits.email`: per client IP and address.

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod invitations;
 pub mod lifecycle;
+pub mod mfa;
 pub mod sessions;
 pub mod validate;
 
@@ -36,6 +37,7 @@ use crate::store::{
     ApiKey, ApiKeyKind, ConflictField, RefreshToken, RotateOutcome, Session, Store, StoreError,
     TokenHash, UnixMillis, User, UserPatch, new_id,
 };
+pub use mfa::{SignIn, SignInRequest};
 use validate::{FieldIssue, IssueKind};
 
 /// At most one store reload of the signing keys per this long when a token names an unknown
@@ -101,6 +103,19 @@ pub enum AccountError {
     /// `require_email_verification` and the address is not verified yet.
     #[error("email not verified")]
     EmailNotVerified,
+    /// An `mfa_token` that is unknown, used or expired, or whose account no longer has MFA.
+    #[error("the mfa_token is invalid, already used or expired")]
+    InvalidMfaToken,
+    /// TOTP enrolment while MFA is enabled (disable it first).
+    #[error("TOTP MFA is already enabled")]
+    MfaAlreadyEnabled,
+    /// An MFA request that does not fit the account's MFA state (nothing to confirm or to
+    /// disable, a concurrent change).
+    #[error("{0}")]
+    MfaState(&'static str),
+    /// The stored MFA state cannot be read or written.
+    #[error(transparent)]
+    Mfa(#[from] mfa::MfaError),
 }
 
 impl From<AuthError> for AccountError {
@@ -570,15 +585,18 @@ impl Accounts {
     /// Password login (`POST /auth/login`). The order is the contract: limit first (even
     /// the right password is refused while over it), then the password (checked against a
     /// dummy hash when the account does not exist, so both failures cost the same), then
-    /// the account state.
+    /// the account state, then the MFA gate ([`Accounts::sign_in`]): an account with MFA
+    /// gets an `mfa_token` rather than a session. `request` is what the client asked for
+    /// (cookies), kept for the second step.
     pub async fn login(
         &self,
         cfg: &Config,
         id: LoginId,
         password: String,
+        request: SignInRequest,
         client: &ClientInfo,
         now: UnixMillis,
-    ) -> Result<Issued, AccountError> {
+    ) -> Result<SignIn, AccountError> {
         let limits = login_limits(cfg);
         let account_key = id.limiter_key();
         let ip = client.ip.to_string();
@@ -607,7 +625,7 @@ impl Accounts {
         if cfg.accounts.require_email_verification && !user.email_verified {
             return Err(AccountError::EmailNotVerified);
         }
-        self.start_session(cfg, user, vec!["pwd".into()], client, now)
+        self.sign_in(cfg, user, vec!["pwd".into()], request, client, now)
             .await
     }
 
@@ -1193,6 +1211,7 @@ impl Accounts {
         self.store.update_user(&caller.user.id, &patch, now).await?;
         self.revoke_sessions(&caller.user.id, caller.session_id(), now)
             .await?;
+        self.void_pending_mfa(&caller.user.id).await?;
         Ok(())
     }
 

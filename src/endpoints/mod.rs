@@ -22,7 +22,7 @@ use crate::accounts::invitations::Acceptance;
 use crate::accounts::validate::IssueKind;
 use crate::accounts::{
     AccountError, Accounts, Caller, ClientInfo, PartnerOutcome, ProfileChange, Registered,
-    Registration, single_issue_kind,
+    Registration, SignIn, SignInRequest, single_issue_kind,
 };
 use crate::auth::password::PasswordError;
 use crate::auth::policy::{self, RequestFacts};
@@ -30,14 +30,14 @@ use crate::auth::{self, cookie};
 use crate::body::ResBody;
 use crate::config::Config;
 use crate::config::CredentialKind;
-use crate::problem::{ApiError, FieldError, RateLimitInfo};
+use crate::problem::{ApiError, FieldError, MfaToken, RateLimitInfo};
 use crate::state::{RequestCtx, Snapshot};
 use crate::store::{StoreError, UnixMillis};
 use wire::{
-    AcceptBody, AdminUserBody, ApiKeyBody, DeleteAccountBody, EmailBody, InvitationBody, LoginBody,
-    MagicLinkBody, PartnerBody, PasswordBody, ProfileBody, RefreshBody, RegisterBody, ResetBody,
-    TokenBody, admin_user_view, created_key_view, invited_view, key_view, session_view,
-    token_answer, user_listing, user_view,
+    AcceptBody, AdminUserBody, ApiKeyBody, CodeBody, DeleteAccountBody, EmailBody, InvitationBody,
+    LoginBody, MagicLinkBody, MfaVerifyBody, PartnerBody, PasswordBody, ProfileBody, RefreshBody,
+    RegisterBody, ResetBody, TokenBody, admin_user_view, created_key_view, invited_view, key_view,
+    session_choice, session_view, token_answer, user_listing, user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
@@ -100,6 +100,12 @@ impl From<AccountError> for ApiError {
                 ApiError::InvalidToken("the link is invalid, already used or expired".into())
             }
             AccountError::EmailNotVerified => ApiError::EmailNotVerified,
+            AccountError::InvalidMfaToken => ApiError::InvalidToken(
+                "the mfa_token is invalid, already used or expired; sign in again".into(),
+            ),
+            AccountError::MfaAlreadyEnabled => ApiError::MfaAlreadyEnabled,
+            AccountError::MfaState(why) => ApiError::InvalidRequest(why.into()),
+            AccountError::Mfa(e) => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -214,15 +220,11 @@ pub async fn handle(
             let client = client_info(config, ctx, req.headers());
             let body: TokenBody = read_json(req).await?;
             let token = required(body.token, "token")?;
-            let (issued, redirect_to) = accounts
+            let (outcome, redirect_to) = accounts
                 .verify_magic_link(config, &token, &client, now)
                 .await?;
-            let mut answer = serde_json::to_value(token_answer(&issued))
-                .map_err(|e| ApiError::Internal(format!("encoding tokens: {e}")))?;
-            if let (Some(target), Some(obj)) = (redirect_to, answer.as_object_mut()) {
-                obj.insert("redirect_to".into(), serde_json::Value::String(target));
-            }
-            Ok(json(StatusCode::OK, &answer, true))
+            let issued = signed_in(outcome)?;
+            tokens_with_redirect(&issued, redirect_to)
         }
         (Some("/reset-password"), _) => {
             allow(&method, &[Method::POST])?;
@@ -239,12 +241,25 @@ pub async fn handle(
             let body: LoginBody = read_json(req).await?;
             let cookie_session = body.wants_cookie()?;
             let issued = match body.api_key.as_deref() {
+                // A secret key is a server's credential of its own: no second factor.
                 Some(key) => accounts.login_api_key(config, key, &client, now).await?,
                 None => {
                     let id = body.login_id()?;
-                    accounts
-                        .login(config, id, body.password.unwrap_or_default(), &client, now)
-                        .await?
+                    let request = SignInRequest {
+                        cookie_session,
+                        redirect_to: None,
+                    };
+                    let outcome = accounts
+                        .login(
+                            config,
+                            id,
+                            body.password.unwrap_or_default(),
+                            request,
+                            &client,
+                            now,
+                        )
+                        .await?;
+                    signed_in(outcome)?
                 }
             };
             if cookie_session {
@@ -252,6 +267,57 @@ pub async fn handle(
             } else {
                 Ok(json(StatusCode::OK, &token_answer(&issued), true))
             }
+        }
+        (Some("/mfa/verify"), _) => {
+            allow(&method, &[Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let body: MfaVerifyBody = read_json(req).await?;
+            let asked = session_choice(body.session.as_deref())?;
+            let (mfa_token, code) = body.required()?;
+            let verified = accounts
+                .verify_mfa(config, &mfa_token, &code, &client, now)
+                .await?;
+            // The second step may say how it wants the session; else the first step's
+            // choice stands.
+            if asked.unwrap_or(verified.request.cookie_session) {
+                cookie_answer(accounts, config, &verified.issued, now)
+            } else {
+                tokens_with_redirect(&verified.issued, verified.request.redirect_to)
+            }
+        }
+        (Some("/mfa/totp"), _) => {
+            allow(&method, &[Method::POST, Method::DELETE])?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            if method == Method::POST {
+                let enrollment = accounts.enroll_totp(config, &caller, now).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "secret": enrollment.secret,
+                        "otpauth_uri": enrollment.otpauth_uri,
+                    }),
+                    true,
+                ))
+            } else {
+                let client = client_info(config, ctx, req.headers());
+                let body: CodeBody = read_json_or_empty(req).await?;
+                accounts
+                    .disable_totp(config, &caller, body.code, &client, now)
+                    .await?;
+                Ok(no_content())
+            }
+        }
+        (Some("/mfa/totp/confirm"), _) => {
+            allow(&method, &[Method::POST])?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            let body: CodeBody = read_json(req).await?;
+            let code = required(body.code, "code")?;
+            let codes = accounts.confirm_totp(&caller, &code, now).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "recovery_codes": codes }),
+                true,
+            ))
         }
         (Some("/refresh"), _) => {
             allow(&method, &[Method::POST])?;
@@ -496,6 +562,30 @@ pub async fn handle(
         }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// The session of a first factor, or 401 `mfa_required` with the `mfa_token` when the
+/// account has a second factor.
+fn signed_in(outcome: SignIn) -> Result<crate::accounts::Issued, ApiError> {
+    match outcome {
+        SignIn::Issued(issued) => Ok(*issued),
+        SignIn::MfaRequired { mfa_token } => Err(ApiError::MfaRequired {
+            mfa_token: MfaToken(mfa_token),
+        }),
+    }
+}
+
+/// The token answer, with a magic link's `redirect_to` when it had one.
+fn tokens_with_redirect(
+    issued: &crate::accounts::Issued,
+    redirect_to: Option<String>,
+) -> Result<Response<ResBody>, ApiError> {
+    let mut answer = serde_json::to_value(token_answer(issued))
+        .map_err(|e| ApiError::Internal(format!("encoding tokens: {e}")))?;
+    if let (Some(target), Some(obj)) = (redirect_to, answer.as_object_mut()) {
+        obj.insert("redirect_to".into(), serde_json::Value::String(target));
+    }
+    Ok(json(StatusCode::OK, &answer, true))
 }
 
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {

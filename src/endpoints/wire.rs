@@ -39,16 +39,7 @@ impl LoginBody {
     /// `"session": "cookie"` asks for cookies instead of tokens; `"token"` (the default) for
     /// tokens.
     pub fn wants_cookie(&self) -> Result<bool, ApiError> {
-        match self.session.as_deref() {
-            None | Some("token") => Ok(false),
-            Some("cookie") => Ok(true),
-            Some(_) => Err(ApiError::ValidationFailed {
-                errors: vec![FieldError::new(
-                    "session",
-                    "must be \"token\" or \"cookie\"",
-                )],
-            }),
-        }
+        Ok(session_choice(self.session.as_deref())?.unwrap_or(false))
     }
 
     /// Which account a password login names; every missing field is listed at once.
@@ -70,6 +61,55 @@ impl LoginBody {
             _ => Err(ApiError::ValidationFailed { errors }),
         }
     }
+}
+
+/// A body's `session` field: `Some(true)` for `"cookie"`, `Some(false)` for `"token"`,
+/// `None` when absent.
+pub fn session_choice(session: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match session {
+        None => Ok(None),
+        Some("token") => Ok(Some(false)),
+        Some("cookie") => Ok(Some(true)),
+        Some(_) => Err(ApiError::ValidationFailed {
+            errors: vec![FieldError::new(
+                "session",
+                "must be \"token\" or \"cookie\"",
+            )],
+        }),
+    }
+}
+
+/// `POST /auth/mfa/verify`.
+// No `Debug`: it holds a token and a code.
+#[derive(Deserialize)]
+pub struct MfaVerifyBody {
+    pub mfa_token: Option<String>,
+    pub code: Option<String>,
+    pub session: Option<String>,
+}
+
+impl MfaVerifyBody {
+    /// The token and the code; every missing field listed at once.
+    pub fn required(self) -> Result<(String, String), ApiError> {
+        let mut errors = Vec::new();
+        if non_blank(&self.mfa_token).is_none() {
+            errors.push(FieldError::new("mfa_token", "is required"));
+        }
+        if non_blank(&self.code).is_none() {
+            errors.push(FieldError::new("code", "is required"));
+        }
+        match (self.mfa_token, self.code) {
+            (Some(t), Some(c)) if errors.is_empty() => Ok((t, c)),
+            _ => Err(ApiError::ValidationFailed { errors }),
+        }
+    }
+}
+
+/// `POST /auth/mfa/totp/confirm`, `DELETE /auth/mfa/totp`.
+// No `Debug`: it holds a code.
+#[derive(Deserialize)]
+pub struct CodeBody {
+    pub code: Option<String>,
 }
 
 fn non_blank(v: &Option<String>) -> Option<&str> {
@@ -229,7 +269,7 @@ pub fn user_view(user: &User) -> UserView<'_> {
         name: user.name.as_deref(),
         roles: &user.roles,
         email_verified: user.email_verified,
-        mfa_enabled: user.mfa.is_some(),
+        mfa_enabled: crate::accounts::mfa::is_enabled(user),
         created_at: rfc3339(user.created_at),
     }
 }

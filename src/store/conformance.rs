@@ -50,6 +50,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     signing_keys_bootstrap_race(Arc::clone(&store)).await;
     one_time_tokens_single_use(Arc::clone(&store)).await;
     one_time_tokens_concurrent_consume(Arc::clone(&store)).await;
+    one_time_tokens_concurrent_insert(Arc::clone(&store)).await;
+    users_mfa_swap(Arc::clone(&store)).await;
     purge_expired(store).await;
 }
 
@@ -1334,6 +1336,100 @@ pub async fn one_time_tokens_concurrent_consume(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(winners, 1);
+}
+
+/// Twenty concurrent inserts of one hash (MFA replay markers rely on it): exactly one
+/// succeeds, every other one is a `TokenHash` conflict, also once the holder has expired
+/// but is not purged yet.
+pub async fn one_time_tokens_concurrent_insert(store: Arc<dyn Store>) {
+    const RACERS: usize = 20;
+    let u = new_user(&store).await;
+    let marker = one_time(OneTimeKind::MfaUsedCode, Some(&u.id), T0);
+    let mut tasks = Vec::new();
+    for _ in 0..RACERS {
+        let store = Arc::clone(&store);
+        let marker = marker.clone();
+        tasks.push(tokio::spawn(async move {
+            store.create_one_time_token(&marker).await
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => winners += 1,
+            other => assert_conflict(other, ConflictField::TokenHash),
+        }
+    }
+    assert_eq!(winners, 1);
+    let mut later = marker.clone();
+    later.created_at = marker.expires_at + 1;
+    later.expires_at = marker.expires_at + HOUR;
+    assert_conflict(
+        store.create_one_time_token(&later).await,
+        ConflictField::TokenHash,
+    );
+}
+
+/// `swap_user_mfa`: a compare and swap of the opaque MFA state; of concurrent swaps from
+/// one state exactly one wins.
+pub async fn users_mfa_swap(store: Arc<dyn Store>) {
+    const RACERS: usize = 20;
+    let u = new_user(&store).await;
+    assert_eq!(u.mfa, None);
+    // From none to a state; a stale expectation changes nothing.
+    assert!(
+        store
+            .swap_user_mfa(&u.id, None, Some(b"pending"), T0 + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .swap_user_mfa(&u.id, None, Some(b"other"), T0 + 2)
+            .await
+            .unwrap()
+    );
+    let got = store.get_user(&u.id).await.unwrap().unwrap();
+    assert_eq!(got.mfa.as_deref(), Some(&b"pending"[..]));
+    assert_eq!(got.updated_at, T0 + 1);
+
+    let mut tasks = Vec::new();
+    for i in 0..RACERS {
+        let store = Arc::clone(&store);
+        let id = u.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let new = format!("state-{i}");
+            store
+                .swap_user_mfa(&id, Some(b"pending"), Some(new.as_bytes()), T0 + 3)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        if task.await.unwrap() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    let got = store.get_user(&u.id).await.unwrap().unwrap();
+    let current = got.mfa.clone().unwrap();
+    assert!(current.starts_with(b"state-"));
+
+    // Back to none; unknown users are `NotFound`.
+    assert!(
+        store
+            .swap_user_mfa(&u.id, Some(&current), None, T0 + 4)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_user(&u.id).await.unwrap().unwrap().mfa, None);
+    assert_not_found(
+        store
+            .swap_user_mfa(&new_id(), None, Some(b"x"), T0 + 5)
+            .await
+            .map(|_| ()),
+    );
 }
 
 /// `purge_expired` removes what is dead at the horizon and keeps what still works.

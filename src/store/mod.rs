@@ -439,6 +439,10 @@ pub enum OneTimeKind {
     Invitation,
     /// Between a correct password and the MFA code (`mfa_token`).
     MfaPending,
+    /// A marker that an MFA code (a TOTP time step, a recovery code) has been used: its
+    /// hash is derived from the user and the code, so the store's unique insert decides
+    /// which of two concurrent uses wins. Never sent to anyone.
+    MfaUsedCode,
 }
 
 impl OneTimeKind {
@@ -450,6 +454,7 @@ impl OneTimeKind {
             OneTimeKind::MagicLink => "magic_link",
             OneTimeKind::Invitation => "invitation",
             OneTimeKind::MfaPending => "mfa_pending",
+            OneTimeKind::MfaUsedCode => "mfa_used_code",
         }
     }
 
@@ -461,6 +466,7 @@ impl OneTimeKind {
             "magic_link" => Some(OneTimeKind::MagicLink),
             "invitation" => Some(OneTimeKind::Invitation),
             "mfa_pending" => Some(OneTimeKind::MfaPending),
+            "mfa_used_code" => Some(OneTimeKind::MfaUsedCode),
             _ => None,
         }
     }
@@ -555,6 +561,17 @@ pub trait Store: Send + Sync {
         patch: &UserPatch,
         now: UnixMillis,
     ) -> Result<User, StoreError>;
+    /// Replaces the user's opaque MFA state only if it still is `expected` (compare and
+    /// swap, so two concurrent changes of the state cannot overwrite each other), setting
+    /// `updated_at = now`. `Ok(true)` when swapped, `Ok(false)` when the stored state
+    /// differs (nothing changes), `NotFound` for an unknown id.
+    async fn swap_user_mfa(
+        &self,
+        id: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError>;
     /// Deletes the user and everything it owns: sessions, their refresh tokens, API keys,
     /// one-time tokens. `NotFound` for an unknown id.
     async fn delete_user(&self, id: &str) -> Result<(), StoreError>;
@@ -681,7 +698,8 @@ pub trait Store: Send + Sync {
     // ---- one-time tokens ----
 
     /// Stores a new one-time token. `NotFound` if `user_id` names no user; `Conflict` on a
-    /// taken hash.
+    /// taken hash (also when the holder has expired but is not purged yet). Of concurrent
+    /// inserts of one hash exactly one succeeds: MFA replay protection relies on it.
     async fn create_one_time_token(&self, token: &OneTimeToken) -> Result<(), StoreError>;
     /// Looks at a token without using it (e.g. an `mfa_token` must survive a wrong code):
     /// `Some` only if it exists, has this kind and has not expired at `now`.
@@ -761,6 +779,7 @@ mod tests {
             OneTimeKind::MagicLink,
             OneTimeKind::Invitation,
             OneTimeKind::MfaPending,
+            OneTimeKind::MfaUsedCode,
         ] {
             assert_eq!(OneTimeKind::parse(kind.as_str()), Some(kind));
         }

@@ -735,6 +735,7 @@ fn one_time_from(f: &Fields) -> Result<OneTimeToken, StoreError> {
 struct Scripts {
     create_user: Script,
     update_user: Script,
+    swap_mfa: Script,
     delete_user: Script,
     by_index: Script,
     members: Script,
@@ -761,6 +762,7 @@ impl Scripts {
         Scripts {
             create_user: Script::new(CREATE_USER),
             update_user: Script::new(UPDATE_USER),
+            swap_mfa: Script::new(SWAP_MFA),
             delete_user: Script::new(&format!("{DROP_ONE_TIME}{DELETE_USER}")),
             by_index: Script::new(BY_INDEX),
             members: Script::new(MEMBERS),
@@ -832,6 +834,28 @@ for i = 4, #ARGV, 3 do
 end
 redis.call('HSET', key, 'updated_at', now)
 return {'ok', redis.call('HGETALL', key)}
+"#;
+
+/// ARGV: prefix, id, now, has expected ('1'/'0'), expected, has new ('1'/'0'), new: sets
+/// (or removes) the `mfa` field only if it still holds the expected value (or is absent
+/// when none is expected).
+const SWAP_MFA: &str = r#"
+local p, id, now = ARGV[1], ARGV[2], ARGV[3]
+local key = p..'u:'..id
+if redis.call('EXISTS', key) == 0 then return {'notfound'} end
+local cur = redis.call('HGET', key, 'mfa')
+if ARGV[4] == '1' then
+  if cur ~= ARGV[5] then return {'stale'} end
+elseif cur then
+  return {'stale'}
+end
+if ARGV[6] == '1' then
+  redis.call('HSET', key, 'mfa', ARGV[7])
+else
+  redis.call('HDEL', key, 'mfa')
+end
+redis.call('HSET', key, 'updated_at', now)
+return {'ok'}
 "#;
 
 /// ARGV: prefix, id. Deletes the user with its sessions (and their refresh tokens), API
@@ -1370,6 +1394,28 @@ impl Store for RedisStore {
         let v = self.run(&self.scripts.update_user, args).await?;
         let a = answer(&v)?.check()?;
         user_from(&Fields::from_value(a.nth(0)?)?)
+    }
+
+    async fn swap_user_mfa(
+        &self,
+        id: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let present = |v: Option<&[u8]>| Arg::text(if v.is_some() { "1" } else { "0" });
+        let bytes = |v: Option<&[u8]>| Arg::Bytes(v.unwrap_or_default().to_vec());
+        let args = vec![
+            Arg::text(id),
+            Arg::num(now),
+            present(expected),
+            bytes(expected),
+            present(new),
+            bytes(new),
+        ];
+        let v = self.run(&self.scripts.swap_mfa, args).await?;
+        let a = answer(&v)?.check()?;
+        Ok(a.status == "ok")
     }
 
     async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
@@ -2063,6 +2109,8 @@ mod tests {
         signing_keys_bootstrap_race,
         one_time_tokens_single_use,
         one_time_tokens_concurrent_consume,
+        one_time_tokens_concurrent_insert,
+        users_mfa_swap,
         purge_expired,
     );
 

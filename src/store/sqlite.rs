@@ -721,6 +721,40 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn swap_user_mfa(
+        &self,
+        id: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        let expected = expected.map(<[u8]>::to_vec);
+        let new = new.map(<[u8]>::to_vec);
+        self.write(move |conn| {
+            // `IS` compares NULL with NULL as equal; one statement, so no other writer can
+            // slip in between the comparison and the update.
+            let changed = conn.execute(
+                "UPDATE users SET mfa = ?3, updated_at = ?4 WHERE id = ?1 AND mfa IS ?2",
+                params![id, expected, new, now],
+            )?;
+            if changed > 0 {
+                return Ok(true);
+            }
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                .query_row([&id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if exists {
+                Ok(false)
+            } else {
+                Err(StoreError::NotFound)
+            }
+        })
+        .await
+    }
+
     async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.write(move |conn| {
@@ -1435,6 +1469,8 @@ mod tests {
         signing_keys_bootstrap_race,
         one_time_tokens_single_use,
         one_time_tokens_concurrent_consume,
+        one_time_tokens_concurrent_insert,
+        users_mfa_swap,
         purge_expired,
     );
 

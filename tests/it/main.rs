@@ -10,6 +10,7 @@ mod check;
 mod forward_auth;
 mod invitations;
 mod lifecycle;
+mod mfa;
 mod operations;
 mod protocols;
 mod proxy;

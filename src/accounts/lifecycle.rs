@@ -96,6 +96,25 @@ impl Accounts {
         }
     }
 
+    /// `conceal_existing`: someone registered an address that has an account; its owner
+    /// hears of it (a disabled account does not). Failures are logged, never answered.
+    pub(super) async fn tell_owner_of(&self, address: &str) {
+        match self.store.get_user_by_email(address).await {
+            Ok(Some(owner)) if !owner.disabled => {
+                if let Some(to) = owner.email.clone() {
+                    self.mail(greeted(
+                        Message::new(to, MessageKind::AccountExists),
+                        &owner,
+                    ));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target: "gatehouse::accounts", error = %e, "cannot tell an account's owner of a sign-up attempt");
+            }
+        }
+    }
+
     /// A new one-time token of `kind` for `user`, stored hashed; returns the plain token.
     /// Older unused tokens of the kind are voided first (only the newest link works).
     async fn issue_one_time(

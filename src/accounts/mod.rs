@@ -153,6 +153,9 @@ pub enum Registered {
     /// `require_email_verification`: the account exists, no session until the address is
     /// verified (the link is on its way).
     VerificationPending(Box<User>),
+    /// `conceal_existing`: the same answer whether the address was free (a verification
+    /// link is on its way) or already had an account (its owner is told by mail).
+    Concealed,
 }
 
 /// `POST /auth/register`'s input.
@@ -482,7 +485,9 @@ impl Accounts {
             return Err(AccountError::Invalid(issues));
         }
 
-        let user = self
+        let conceal = cfg.accounts.conceal_existing && email.is_some();
+        let wanted_email = email.clone();
+        let inserted = self
             .insert_user(
                 NewUser {
                     email,
@@ -494,11 +499,24 @@ impl Accounts {
                 false,
                 now,
             )
-            .await?;
+            .await;
+        let user = match (inserted, wanted_email) {
+            (Ok(user), _) => user,
+            // The password was hashed before the insert failed, so this answer costs what a
+            // new account's does.
+            (Err(AccountError::Taken(ConflictField::Email)), Some(address)) if conceal => {
+                self.tell_owner_of(&address).await;
+                return Ok(Registered::Concealed);
+            }
+            (Err(e), _) => return Err(e),
+        };
         // The account exists: a failure to queue the mail must not fail the sign-up (the
         // user can ask for another link).
         if let Err(e) = self.send_verification(cfg, &user, now).await {
             tracing::warn!(target: "gatehouse::accounts", error = %e, "cannot issue the email verification link");
+        }
+        if conceal {
+            return Ok(Registered::Concealed);
         }
         if cfg.accounts.require_email_verification {
             return Ok(Registered::VerificationPending(Box::new(user)));

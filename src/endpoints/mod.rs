@@ -173,6 +173,7 @@ pub async fn handle(
                     &serde_json::json!({ "user": user_view(&user), "verification_required": true }),
                     true,
                 )),
+                Registered::Concealed => Ok(accepted()),
             }
         }
         (Some("/verify-email"), _) => {

@@ -43,6 +43,9 @@ pub enum MessageKind {
         ip: Option<String>,
         user_agent: Option<String>,
     },
+    /// Someone tried to register this address, which has an account
+    /// (`accounts.conceal_existing`: the answer did not say so, the owner hears of it).
+    AccountExists,
 }
 
 /// Every kind's name (the stem of its template files) and the placeholders its templates may
@@ -68,6 +71,7 @@ pub(crate) const KINDS: &[(&str, &[&str])] = &[
         "new_sign_in",
         &["app_name", "name", "email", "time", "ip", "user_agent"],
     ),
+    ("account_exists", COMMON),
 ];
 
 const COMMON: &[&str] = &["app_name", "name", "email"];
@@ -102,7 +106,7 @@ impl Message {
         ];
         let unknown = || "unknown".to_owned();
         match &self.kind {
-            MessageKind::Welcome => {}
+            MessageKind::Welcome | MessageKind::AccountExists => {}
             MessageKind::VerifyEmail { link, expires_in }
             | MessageKind::ResetPassword { link, expires_in }
             | MessageKind::MagicLink { link, expires_in } => {
@@ -161,6 +165,7 @@ impl MessageKind {
             MessageKind::Invitation { .. } => "invitation",
             MessageKind::PasswordChanged { .. } => "password_changed",
             MessageKind::NewSignIn { .. } => "new_sign_in",
+            MessageKind::AccountExists => "account_exists",
         }
     }
 }

@@ -35,6 +35,7 @@ const BUILT_IN: &[[&str; 3]] = built_in!(
     "invitation",
     "password_changed",
     "new_sign_in",
+    "account_exists",
 );
 
 const _: () = assert!(BUILT_IN.len() == KINDS.len());

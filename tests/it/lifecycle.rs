@@ -567,3 +567,69 @@ async fn magic_link_sign_in() {
     .await;
     assert_eq!((again.status, code(&again)), (401, "invalid_token".into()));
 }
+
+/// `conceal_existing`: sign-up answers the same 202 for a free and a taken address; the new
+/// account gets its verification link, the existing one's owner a notice.
+#[tokio::test]
+async fn sign_up_conceals_existing_accounts() {
+    let gw = Gateway::start(
+        "tokens: { issuer: http://gatehouse.test }\naccounts: { conceal_existing: true }\n",
+    );
+    let outbox = gw.dir.path().join("data/outbox");
+    let body = json!({"email": "joan@example.com", "password": PASSWORD, "name": "Joan"});
+    let first = post(&gw, "/auth/register", None, body.clone()).await;
+    let again = post(
+        &gw,
+        "/auth/register",
+        None,
+        json!({"email": "JOAN@example.com", "password": NEW_PASSWORD}),
+    )
+    .await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!((again.status, &again.body), (first.status, &first.body));
+    assert!(first.json().get("access_token").is_none());
+
+    let mails = wait_mails(&outbox, 2).await;
+    assert!(
+        mails[0].subject.starts_with("Verify your email"),
+        "{:?}",
+        mails[0]
+    );
+    assert!(mails[1].to.contains("joan@example.com"));
+    assert!(
+        mails[1].subject.contains("tried to sign up"),
+        "{:?}",
+        mails[1]
+    );
+    assert!(
+        mails[1].text.contains("Joan"),
+        "greets the owner: {:?}",
+        mails[1]
+    );
+    assert!(
+        !mails[1].text.contains("token="),
+        "the notice carries no link"
+    );
+
+    // The first password is the account's; the second attempt changed nothing.
+    let login = |password: &'static str| {
+        post(
+            &gw,
+            "/auth/login",
+            None,
+            json!({"email": "joan@example.com", "password": password}),
+        )
+    };
+    assert_eq!(login(PASSWORD).await.status, 200);
+    assert_eq!(login(NEW_PASSWORD).await.status, 401);
+
+    // Usernames are not concealed: they are public names, and there is no mail to send.
+    let named = json!({"username": "joan", "password": PASSWORD});
+    assert_eq!(
+        post(&gw, "/auth/register", None, named.clone())
+            .await
+            .status,
+        201
+    );
+    assert_eq!(post(&gw, "/auth/register", None, named).await.status, 409);
+}

@@ -257,6 +257,7 @@ mod tests {
                 ip: Some("192.0.2.1".into()),
                 user_agent: None,
             },
+            MessageKind::AccountExists,
         ];
         assert_eq!(kinds.len(), KINDS.len());
         for (kind, (name, placeholders)) in kinds.into_iter().zip(KINDS) {

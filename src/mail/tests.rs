@@ -313,6 +313,7 @@ async fn every_kind_renders_to_a_complete_message() {
             ip: Some("192.0.2.7".into()),
             user_agent: Some("Firefox".into()),
         },
+        MessageKind::AccountExists,
     ];
     let names: Vec<&str> = kinds.iter().map(MessageKind::name).collect();
     for kind in kinds {

@@ -78,6 +78,8 @@ pub enum ConflictField {
     TokenHash,
     /// A signing key's `kid`.
     Kid,
+    /// An OAuth identity's (provider, subject): already linked to a user.
+    OAuthIdentity,
 }
 
 impl ConflictField {
@@ -91,6 +93,7 @@ impl ConflictField {
             ConflictField::KeyHash => "key_hash",
             ConflictField::TokenHash => "token_hash",
             ConflictField::Kid => "kid",
+            ConflictField::OAuthIdentity => "oauth_identity",
         }
     }
 }
@@ -437,6 +440,9 @@ pub enum OneTimeKind {
     Invitation,
     /// Between a correct password and the MFA code (`mfa_token`).
     MfaPending,
+    /// An OAuth sign-in in flight: its hash is the `state` sent to the provider; the payload
+    /// holds the PKCE verifier, nonce, provider and `redirect_to`.
+    OAuthState,
 }
 
 impl OneTimeKind {
@@ -448,6 +454,7 @@ impl OneTimeKind {
             OneTimeKind::MagicLink => "magic_link",
             OneTimeKind::Invitation => "invitation",
             OneTimeKind::MfaPending => "mfa_pending",
+            OneTimeKind::OAuthState => "oauth_state",
         }
     }
 
@@ -459,6 +466,7 @@ impl OneTimeKind {
             "magic_link" => Some(OneTimeKind::MagicLink),
             "invitation" => Some(OneTimeKind::Invitation),
             "mfa_pending" => Some(OneTimeKind::MfaPending),
+            "oauth_state" => Some(OneTimeKind::OAuthState),
             _ => None,
         }
     }
@@ -482,6 +490,24 @@ pub struct OneTimeToken {
     pub created_at: UnixMillis,
     /// Expiry.
     pub expires_at: UnixMillis,
+}
+
+/// A user's account at an OAuth/OIDC provider: the provider's stable subject identifier
+/// (`sub`, or GitHub's numeric id) bound to a Gatehouse user. A (provider, subject) pair
+/// belongs to at most one user; a user may have several identities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthIdentity {
+    /// The provider's name under `accounts.oauth` (`google`, `corp`, ...).
+    pub provider: String,
+    /// The provider's subject identifier, compared exactly.
+    pub subject: String,
+    /// The user it signs in as.
+    pub user_id: String,
+    /// The email the provider asserted when the identity was linked (informational; stored
+    /// as given, not normalised).
+    pub email: Option<String>,
+    /// Link time.
+    pub created_at: UnixMillis,
 }
 
 /// What [`Store::purge_expired`] removed.
@@ -683,6 +709,28 @@ pub trait Store: Send + Sync {
         kind: OneTimeKind,
     ) -> Result<u64, StoreError>;
 
+    // ---- OAuth identities ----
+
+    /// Links an identity to its user. `Conflict { OAuthIdentity }` if the (provider,
+    /// subject) pair is linked already (to anyone); `NotFound` if `user_id` names no user.
+    async fn create_oauth_identity(&self, identity: &OAuthIdentity) -> Result<(), StoreError>;
+    /// The identity with this (provider, subject).
+    async fn get_oauth_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<OAuthIdentity>, StoreError>;
+    /// The user's identities, oldest first.
+    async fn list_oauth_identities(&self, user_id: &str) -> Result<Vec<OAuthIdentity>, StoreError>;
+    /// Unlinks one of the user's identities. `NotFound` if the user has no such identity
+    /// (also when another user has it).
+    async fn delete_oauth_identity(
+        &self,
+        user_id: &str,
+        provider: &str,
+        subject: &str,
+    ) -> Result<(), StoreError>;
+
     // ---- housekeeping ----
 
     /// Removes what can no longer be used at `now`: expired refresh and one-time tokens,
@@ -713,6 +761,7 @@ mod tests {
             OneTimeKind::MagicLink,
             OneTimeKind::Invitation,
             OneTimeKind::MfaPending,
+            OneTimeKind::OAuthState,
         ] {
             assert_eq!(OneTimeKind::parse(kind.as_str()), Some(kind));
         }

@@ -11,6 +11,7 @@
 //! takes `now` in milliseconds.
 
 pub mod lifecycle;
+pub mod oauth;
 pub mod validate;
 
 use std::net::IpAddr;
@@ -98,6 +99,16 @@ pub enum AccountError {
     /// `require_email_verification` and the address is not verified yet.
     #[error("email not verified")]
     EmailNotVerified,
+    /// An OAuth provider flow failed (unreachable provider, refused code, bad ID token).
+    #[error(transparent)]
+    OAuth(#[from] crate::oauth::OAuthError),
+    /// An OAuth callback whose `state` is missing from this browser, unknown, used, expired
+    /// or of another provider.
+    #[error("invalid OAuth state: {0}")]
+    OAuthState(&'static str),
+    /// The provider sent the user back with an error (`access_denied`, ...).
+    #[error("the provider answered {0}")]
+    OAuthDenied(String),
 }
 
 impl From<AuthError> for AccountError {
@@ -250,6 +261,8 @@ pub struct Accounts {
     email_limiter: WindowCounter,
     /// Set once by the server; CLI commands run without one (no mail is sent).
     mailer: std::sync::OnceLock<Arc<crate::mail::Mailer>>,
+    /// OAuth/OIDC providers: discovery and JWKS caches (`accounts::oauth`).
+    oauth: crate::oauth::Client,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -296,6 +309,9 @@ impl Accounts {
             register_limiter: WindowCounter::new(),
             email_limiter: WindowCounter::new(),
             mailer: std::sync::OnceLock::new(),
+            oauth: crate::oauth::Client::new(Arc::new(crate::outbound::Outbound::new(
+                crate::oauth::FETCH_TIMEOUT,
+            ))),
         }
     }
 

@@ -7,6 +7,7 @@
 //!
 //! Must not touch: the store (only through `accounts`) or the proxy.
 
+mod oauth;
 pub mod wire;
 
 use std::time::Duration;
@@ -97,6 +98,11 @@ impl From<AccountError> for ApiError {
                 ApiError::InvalidToken("the link is invalid, already used or expired".into())
             }
             AccountError::EmailNotVerified => ApiError::EmailNotVerified,
+            AccountError::OAuth(e) => oauth::api_error(e),
+            AccountError::OAuthState(why) => ApiError::InvalidRequest(why.to_owned()),
+            AccountError::OAuthDenied(error) => {
+                ApiError::InvalidRequest(format!("the provider answered {error}"))
+            }
         }
     }
 }
@@ -386,6 +392,10 @@ pub async fn handle(
                 &created_key_view(&key, &plain),
                 true,
             ))
+        }
+        (Some(rest), _) if rest.starts_with("/oauth/") => {
+            let rest = rest.strip_prefix("/oauth/").unwrap_or_default();
+            oauth::handle(accounts, config, ctx, rest, req, now).await
         }
         (Some("/verify"), _) => {
             allow(&method, &[Method::GET, Method::HEAD])?;

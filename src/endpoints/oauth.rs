@@ -1,0 +1,246 @@
+//! `/auth/oauth/{provider}/authorize` and `/callback` (SPEC section 5): decode the query or
+//! body, call `accounts::oauth`, answer with a redirect and cookies or with tokens.
+//!
+//! The flow's `state` rides in the `gh_oauth` cookie (HttpOnly, SameSite=Lax so it comes
+//! back on the provider's top-level redirect, scoped to the provider's `/oauth/` path, 10
+//! minutes), which binds the callback to the browser that started the sign-in.
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use super::{allow, client_info, json, read_json, token_answer};
+use crate::accounts::oauth::{CallbackParams, CodeExchange, OAUTH_STATE_TTL};
+use crate::accounts::{Accounts, Issued};
+use crate::auth::cookie;
+use crate::body::ResBody;
+use crate::config::Config;
+use crate::oauth::{IdTokenError, OAuthError};
+use crate::outbound::OutboundError;
+use crate::problem::{ApiError, FieldError};
+use crate::state::RequestCtx;
+use crate::store::UnixMillis;
+
+/// The cookie that holds a browser sign-in's `state`.
+pub const STATE_COOKIE: &str = "gh_oauth";
+
+/// `POST .../callback`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExchangeBody {
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+}
+
+/// A provider failure as the client sees it: the provider's own trouble is a 502/504, a
+/// refused code a 400, an ID token that fails a check a 401 `invalid_token`.
+pub(super) fn api_error(err: OAuthError) -> ApiError {
+    match err {
+        OAuthError::Unsupported(_) => ApiError::InvalidRequest(err.to_string()),
+        OAuthError::Unreachable(OutboundError::Timeout(d)) => ApiError::UpstreamTimeout(d),
+        OAuthError::Unreachable(
+            e @ (OutboundError::InvalidUrl(_)
+            | OutboundError::Pool(_)
+            | OutboundError::Status(_)
+            | OutboundError::TooLarge(_)
+            | OutboundError::Body(_)),
+        ) => ApiError::UpstreamUnavailable(format!("identity provider: {e}")),
+        OAuthError::BadResponse(why) => {
+            ApiError::UpstreamUnavailable(format!("identity provider: {why}"))
+        }
+        OAuthError::CodeRejected(error) => ApiError::InvalidRequest(format!(
+            "the provider refused the authorization code ({error})"
+        )),
+        OAuthError::IdToken(
+            e @ (IdTokenError::Missing
+            | IdTokenError::Signature(_)
+            | IdTokenError::WrongIssuer
+            | IdTokenError::WrongAudience
+            | IdTokenError::WrongAuthorizedParty
+            | IdTokenError::WrongNonce
+            | IdTokenError::Expired
+            | IdTokenError::BadIssueTime
+            | IdTokenError::InvalidClaim(_)
+            | IdTokenError::UserinfoSubject),
+        ) => ApiError::InvalidToken(format!("ID token: {e}")),
+    }
+}
+
+fn query_params(req: &Request<hyper::body::Incoming>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn param(params: &[(String, String)], name: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// `Set-Cookie` for the state cookie (`max_age` 0 deletes it).
+fn state_cookie(config: &Config, provider: &str, value: &str, max_age: u64) -> Option<HeaderValue> {
+    let mut text = format!(
+        "{STATE_COOKIE}={value}; Path={}/oauth/{provider}/; Max-Age={max_age}; HttpOnly; SameSite=Lax",
+        config.accounts.prefix.trim_end_matches('/')
+    );
+    if config.cookies.secure {
+        text.push_str("; Secure");
+    }
+    HeaderValue::from_str(&text).ok()
+}
+
+fn redirect(location: &str) -> Result<Response<ResBody>, ApiError> {
+    let location = HeaderValue::from_str(location)
+        .map_err(|_| ApiError::Internal("redirect target is not a header value".into()))?;
+    let mut resp = Response::new(ResBody::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Serves `/oauth/{rest}` under the account prefix.
+pub(super) async fn handle(
+    accounts: &Accounts,
+    config: &Config,
+    ctx: &RequestCtx,
+    rest: &str,
+    req: Request<hyper::body::Incoming>,
+    now: UnixMillis,
+) -> Result<Response<ResBody>, ApiError> {
+    let Some((name, action)) = rest.split_once('/') else {
+        return Err(ApiError::NotFound);
+    };
+    if !config.accounts.oauth.iter().any(|p| p.name == name) {
+        return Err(ApiError::NotFound);
+    }
+    let method = req.method().clone();
+    match action {
+        "authorize" => {
+            allow(&method, &[Method::GET, Method::HEAD])?;
+            let redirect_to = param(&query_params(&req), "redirect_to");
+            let started = accounts.oauth_begin(config, name, redirect_to, now).await?;
+            let mut resp = redirect(&started.location)?;
+            if let Some(v) = state_cookie(config, name, &started.state, OAUTH_STATE_TTL.as_secs()) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+            Ok(resp)
+        }
+        "callback" if method == Method::POST => {
+            let client = client_info(config, ctx, req.headers());
+            let body: ExchangeBody = read_json(req).await?;
+            let mut errors = Vec::new();
+            let code = body.code.filter(|c| !c.is_empty());
+            let redirect_uri = body.redirect_uri.filter(|r| !r.is_empty());
+            if code.is_none() {
+                errors.push(FieldError::new("code", "is required"));
+            }
+            if redirect_uri.is_none() {
+                errors.push(FieldError::new("redirect_uri", "is required"));
+            }
+            let (Some(code), Some(redirect_uri)) = (code, redirect_uri) else {
+                return Err(ApiError::ValidationFailed { errors });
+            };
+            let issued = accounts
+                .oauth_exchange(
+                    config,
+                    name,
+                    &CodeExchange {
+                        code: &code,
+                        redirect_uri: &redirect_uri,
+                        code_verifier: body.code_verifier.as_deref().filter(|v| !v.is_empty()),
+                    },
+                    &client,
+                    now,
+                )
+                .await?;
+            Ok(json(StatusCode::OK, &token_answer(&issued), true))
+        }
+        "callback" => {
+            allow(&method, &[Method::GET, Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let query = query_params(&req);
+            let params = CallbackParams {
+                code: param(&query, "code"),
+                state: param(&query, "state"),
+                error: param(&query, "error"),
+                iss: param(&query, "iss"),
+            };
+            let cookie_state = cookie::find(req.headers(), STATE_COOKIE);
+            let (issued, redirect_to) = accounts
+                .oauth_callback(config, name, params, cookie_state, &client, now)
+                .await?;
+            signed_in_redirect(accounts, config, name, &issued, &redirect_to, now)
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// The end of a browser sign-in: the session and CSRF cookies exactly as a cookie login
+/// sets them, the state cookie deleted, and a redirect to `redirect_to`.
+fn signed_in_redirect(
+    accounts: &Accounts,
+    config: &Config,
+    provider: &str,
+    issued: &Issued,
+    redirect_to: &str,
+    now: UnixMillis,
+) -> Result<Response<ResBody>, ApiError> {
+    let (token, max_age) = accounts.session_cookie(config, issued, now)?;
+    let csrf = crate::accounts::new_secret();
+    let mut resp = redirect(redirect_to)?;
+    for v in [
+        cookie::set_session(&config.cookies, &token, max_age),
+        cookie::set_csrf(&config.cookies, &csrf, max_age),
+        state_cookie(config, provider, "", 0),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_provider_failure_has_a_client_status() {
+        let cases = [
+            (
+                api_error(OAuthError::Unreachable(OutboundError::Timeout(
+                    std::time::Duration::from_secs(1),
+                ))),
+                504,
+            ),
+            (
+                api_error(OAuthError::Unreachable(OutboundError::Status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                ))),
+                502,
+            ),
+            (api_error(OAuthError::BadResponse("x".into())), 502),
+            (
+                api_error(OAuthError::CodeRejected("invalid_grant".into())),
+                400,
+            ),
+            (
+                api_error(OAuthError::IdToken(IdTokenError::WrongNonce)),
+                401,
+            ),
+            (
+                api_error(OAuthError::Unsupported(crate::config::OAuthKind::Github)),
+                400,
+            ),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+        }
+    }
+}

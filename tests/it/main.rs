@@ -8,6 +8,7 @@ mod auth;
 mod check;
 mod forward_auth;
 mod lifecycle;
+mod oauth;
 mod operations;
 mod protocols;
 mod proxy;

@@ -21,7 +21,7 @@ use super::{
     AccountError, Accounts, ClientInfo, Issued, ms, new_secret, secret_hash, validate::FieldIssue,
 };
 use crate::auth::signing::{JwsError, Verifiers};
-use crate::config::{Config, OAuthProvider, RegistrationMode};
+use crate::config::{Config, OAuthKind, OAuthProvider, RegistrationMode};
 use crate::oauth::{
     self, AuthorizationRequest, Completion, ExternalIdentity, SignatureCheck, SignatureError,
 };
@@ -132,6 +132,7 @@ impl Accounts {
             ));
         }
         let endpoints = self.oauth.endpoints(provider).await?;
+        let oidc = provider.kind != OAuthKind::Github;
         let state = new_secret();
         let nonce = new_secret();
         let verifier = oauth::pkce_verifier();
@@ -142,7 +143,7 @@ impl Accounts {
             &AuthorizationRequest {
                 redirect_uri: &redirect_uri,
                 state: &state,
-                nonce: &nonce,
+                nonce: oidc.then_some(nonce.as_str()),
                 code_challenge: &oauth::pkce_challenge(&verifier),
             },
         )?;

@@ -36,7 +36,6 @@ struct ExchangeBody {
 /// refused code a 400, an ID token that fails a check a 401 `invalid_token`.
 pub(super) fn api_error(err: OAuthError) -> ApiError {
     match err {
-        OAuthError::Unsupported(_) => ApiError::InvalidRequest(err.to_string()),
         OAuthError::Unreachable(OutboundError::Timeout(d)) => ApiError::UpstreamTimeout(d),
         OAuthError::Unreachable(
             e @ (OutboundError::InvalidUrl(_)
@@ -233,10 +232,6 @@ mod tests {
             (
                 api_error(OAuthError::IdToken(IdTokenError::WrongNonce)),
                 401,
-            ),
-            (
-                api_error(OAuthError::Unsupported(crate::config::OAuthKind::Github)),
-                400,
             ),
         ];
         for (err, status) in cases {

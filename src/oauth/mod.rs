@@ -1,6 +1,7 @@
 //! Sign-in through external identity providers (SPEC section 5, `/auth/oauth/...`): the
 //! OpenID Connect authorization-code flow with PKCE, for `kind: oidc` providers and the
-//! google and linkedin presets (OIDC providers with known issuers).
+//! google and linkedin presets (OIDC providers with known issuers); and GitHub, plain
+//! OAuth 2 (no ID token), whose user is read from its REST API (`/user`, `/user/emails`).
 //!
 //! Owns: provider endpoints (discovery `/.well-known/openid-configuration`, fetched and
 //! cached, every endpoint overridable by config), the authorization URL (`state`, `nonce`,
@@ -53,6 +54,14 @@ pub const DEFAULT_SCOPES: &str = "openid email profile";
 /// Issuers of the OIDC presets.
 const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 const LINKEDIN_ISSUER: &str = "https://www.linkedin.com/oauth";
+/// GitHub's endpoints (each overridable: `authorize_url`, `token_url`, `userinfo_url` for
+/// `/user`, `api_url` for the API base).
+const GITHUB_ISSUER: &str = "https://github.com";
+const GITHUB_AUTHORIZE: &str = "https://github.com/login/oauth/authorize";
+const GITHUB_TOKEN: &str = "https://github.com/login/oauth/access_token";
+const GITHUB_API: &str = "https://api.github.com";
+/// GitHub scopes: the profile and the email addresses with their verified flags.
+const GITHUB_SCOPES: &str = "read:user user:email";
 
 /// Who a provider says the user is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,9 +80,6 @@ pub struct ExternalIdentity {
 /// refused code, a bad ID token) or the provider's (unreachable, nonsense answers).
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
-    /// A provider kind this version does not sign in with (GitHub is plain OAuth 2).
-    #[error("provider kind {0:?} is not supported yet")]
-    Unsupported(OAuthKind),
     /// The provider could not be reached or did not answer in time.
     #[error("provider unreachable: {0}")]
     Unreachable(#[from] OutboundError),
@@ -147,7 +153,10 @@ pub struct Endpoints {
     pub authorization_endpoint: String,
     pub token_endpoint: String,
     pub userinfo_endpoint: Option<String>,
+    /// Empty for GitHub (no ID token).
     pub jwks_uri: String,
+    /// GitHub's `/user/emails`.
+    pub emails_endpoint: Option<String>,
 }
 
 /// The issuer a provider's ID tokens carry: configured, or the preset's.
@@ -155,8 +164,8 @@ pub fn issuer(provider: &OAuthProvider) -> Result<String, OAuthError> {
     let preset = match provider.kind {
         OAuthKind::Google => Some(GOOGLE_ISSUER),
         OAuthKind::Linkedin => Some(LINKEDIN_ISSUER),
+        OAuthKind::Github => Some(GITHUB_ISSUER),
         OAuthKind::Oidc => None,
-        OAuthKind::Github => return Err(OAuthError::Unsupported(OAuthKind::Github)),
     };
     provider
         .issuer
@@ -204,7 +213,39 @@ pub fn endpoints_from_discovery(
             .ok_or_else(|| missing("token_endpoint"))?,
         userinfo_endpoint: provider.userinfo_url.clone().or(d.userinfo_endpoint),
         jwks_uri: d.jwks_uri.ok_or_else(|| missing("jwks_uri"))?,
+        emails_endpoint: None,
     })
+}
+
+/// GitHub's endpoints: its defaults, or the config's.
+pub fn github_endpoints(provider: &OAuthProvider) -> Endpoints {
+    let api = provider
+        .api_url
+        .as_deref()
+        .unwrap_or(GITHUB_API)
+        .trim_end_matches('/');
+    Endpoints {
+        issuer: provider
+            .issuer
+            .clone()
+            .unwrap_or_else(|| GITHUB_ISSUER.to_owned()),
+        authorization_endpoint: provider
+            .authorize_url
+            .clone()
+            .unwrap_or_else(|| GITHUB_AUTHORIZE.to_owned()),
+        token_endpoint: provider
+            .token_url
+            .clone()
+            .unwrap_or_else(|| GITHUB_TOKEN.to_owned()),
+        userinfo_endpoint: Some(
+            provider
+                .userinfo_url
+                .clone()
+                .unwrap_or_else(|| format!("{api}/user")),
+        ),
+        jwks_uri: String::new(),
+        emails_endpoint: Some(format!("{api}/user/emails")),
+    }
 }
 
 /// A PKCE verifier (RFC 7636 section 4.1: 43 characters of base64url, 256 bits).
@@ -218,11 +259,20 @@ pub fn pkce_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
-/// The scopes asked for: the config's (with `openid` added when missing), else
-/// [`DEFAULT_SCOPES`].
+/// The scopes asked for: the config's (with `openid` added when missing, for OIDC), else
+/// [`DEFAULT_SCOPES`] (GitHub: `read:user user:email`).
 pub fn scopes(provider: &OAuthProvider) -> String {
+    let github = provider.kind == OAuthKind::Github;
     if provider.scopes.is_empty() {
-        return DEFAULT_SCOPES.to_owned();
+        return if github {
+            GITHUB_SCOPES
+        } else {
+            DEFAULT_SCOPES
+        }
+        .to_owned();
+    }
+    if github {
+        return provider.scopes.join(" ");
     }
     let mut scopes = provider.scopes.clone();
     if !scopes.iter().any(|s| s == "openid") {
@@ -236,7 +286,8 @@ pub fn scopes(provider: &OAuthProvider) -> String {
 pub struct AuthorizationRequest<'a> {
     pub redirect_uri: &'a str,
     pub state: &'a str,
-    pub nonce: &'a str,
+    /// OIDC only (GitHub has no ID token to carry it).
+    pub nonce: Option<&'a str>,
     pub code_challenge: &'a str,
 }
 
@@ -248,21 +299,28 @@ pub fn authorization_url(
 ) -> Result<String, OAuthError> {
     let mut url = url::Url::parse(&endpoints.authorization_endpoint)
         .map_err(|e| OAuthError::BadResponse(format!("authorization_endpoint: {e}")))?;
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &provider.client_id)
-        .append_pair("redirect_uri", request.redirect_uri)
-        .append_pair("scope", &scopes(provider))
-        .append_pair("state", request.state)
-        .append_pair("nonce", request.nonce)
-        .append_pair("code_challenge", request.code_challenge)
-        .append_pair("code_challenge_method", "S256");
+    {
+        let mut query = url.query_pairs_mut();
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &provider.client_id)
+            .append_pair("redirect_uri", request.redirect_uri)
+            .append_pair("scope", &scopes(provider))
+            .append_pair("state", request.state);
+        if let Some(nonce) = request.nonce {
+            query.append_pair("nonce", nonce);
+        }
+        query
+            .append_pair("code_challenge", request.code_challenge)
+            .append_pair("code_challenge_method", "S256");
+    }
     Ok(url.into())
 }
 
 /// The token endpoint's request: headers and form body (RFC 6749 sections 2.3.1 and
 /// 4.1.3). With `client_secret_basic` both halves of the credentials are form-encoded
-/// before base64, as 2.3.1 says and as strict servers require.
+/// before base64, as 2.3.1 says and as strict servers require. GitHub documents only
+/// credentials in the form, so it always gets them there.
 pub fn token_request(
     provider: &OAuthProvider,
     code: &str,
@@ -281,7 +339,11 @@ pub fn token_request(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-www-form-urlencoded"),
     );
-    match provider.token_auth {
+    let token_auth = match provider.kind {
+        OAuthKind::Github => TokenAuth::ClientSecretPost,
+        OAuthKind::Google | OAuthKind::Linkedin | OAuthKind::Oidc => provider.token_auth,
+    };
+    match token_auth {
         TokenAuth::ClientSecretBasic => {
             let enc =
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -309,7 +371,8 @@ pub struct TokenSet {
     pub access_token: Option<String>,
 }
 
-/// Reads a token endpoint answer: 2xx with JSON tokens, or an RFC 6749 5.2 error.
+/// Reads a token endpoint answer: 2xx with JSON tokens, or an RFC 6749 5.2 error (which
+/// GitHub sends with status 200).
 pub fn token_response(status: http::StatusCode, body: &[u8]) -> Result<TokenSet, OAuthError> {
     #[derive(serde::Deserialize)]
     struct Answer {
@@ -317,24 +380,28 @@ pub fn token_response(status: http::StatusCode, body: &[u8]) -> Result<TokenSet,
         access_token: Option<String>,
         error: Option<String>,
     }
+    // Only the error code: the description may echo what was sent.
+    fn code(error: String) -> String {
+        error
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect()
+    }
     let answer: Option<Answer> = serde_json::from_slice(body).ok();
     if status.is_success() {
         let answer =
             answer.ok_or_else(|| OAuthError::BadResponse("token answer is not JSON".into()))?;
+        if let (Some(error), None) = (answer.error, &answer.access_token) {
+            return Err(OAuthError::CodeRejected(code(error)));
+        }
         return Ok(TokenSet {
             id_token: answer.id_token,
             access_token: answer.access_token,
         });
     }
     match answer.and_then(|a| a.error) {
-        // Only the error code: the description may echo what was sent.
-        Some(error) if status.is_client_error() => Err(OAuthError::CodeRejected(
-            error
-                .chars()
-                .filter(|c| c.is_ascii_graphic())
-                .take(64)
-                .collect(),
-        )),
+        Some(error) if status.is_client_error() => Err(OAuthError::CodeRejected(code(error))),
         _ => Err(OAuthError::Unreachable(OutboundError::Status(status))),
     }
 }
@@ -463,6 +530,53 @@ pub fn identity(
     })
 }
 
+/// The identity in GitHub's `/user` and `/user/emails` answers: the numeric `id` as subject,
+/// the primary address if GitHub verified it (else any verified one; else `/user`'s public
+/// email, unverified), `name` or else `login`.
+pub fn github_identity(
+    provider: &str,
+    user: &Map<String, Value>,
+    emails: Option<&[Value]>,
+) -> Result<ExternalIdentity, OAuthError> {
+    let subject = match user.get("id") {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(OAuthError::BadResponse("GitHub user without id".into())),
+    };
+    let listed = |primary: bool| {
+        emails.unwrap_or_default().iter().find_map(|e| {
+            let address = e.get("email")?.as_str()?;
+            let ok = flag(e.get("verified"))
+                && (!primary || e.get("primary").and_then(Value::as_bool) == Some(true));
+            ok.then(|| address.to_owned())
+        })
+    };
+    let (email, email_verified) = match listed(true).or_else(|| listed(false)) {
+        Some(verified) => (Some(verified), true),
+        None => (
+            user.get("email")
+                .and_then(Value::as_str)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned),
+            false,
+        ),
+    };
+    let text = |name: &str| {
+        user.get(name)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    Ok(ExternalIdentity {
+        provider: provider.to_owned(),
+        subject,
+        email,
+        email_verified,
+        name: text("name").or_else(|| text("login")),
+    })
+}
+
 /// A cached document and when it was fetched.
 struct Cached {
     body: Bytes,
@@ -514,6 +628,9 @@ impl Client {
 
     /// The provider's endpoints, from its discovery document (cached an hour).
     pub async fn endpoints(&self, provider: &OAuthProvider) -> Result<Arc<Endpoints>, OAuthError> {
+        if provider.kind == OAuthKind::Github {
+            return Ok(Arc::new(github_endpoints(provider)));
+        }
         let issuer = issuer(provider)?;
         let key = format!("{}|{issuer}", provider.name);
         let cached = lock(&self.discovery).get(&key).cloned();
@@ -622,6 +739,12 @@ impl Client {
             )
             .await?;
         let tokens = token_response(answer.status, &answer.body)?;
+        if provider.kind == OAuthKind::Github {
+            let access_token = tokens
+                .access_token
+                .ok_or_else(|| OAuthError::BadResponse("no access_token".into()))?;
+            return self.github(provider, &endpoints, &access_token).await;
+        }
         let id_token = tokens.id_token.ok_or(IdTokenError::Missing)?;
         let claims = self
             .verify_signature(&endpoints.jwks_uri, &id_token, check, input.now)
@@ -648,13 +771,38 @@ impl Client {
         Ok(identity(&provider.name, &claims, userinfo.as_ref())?)
     }
 
-    /// The userinfo claims (OIDC Core 5.3), which must name the ID token's subject.
-    async fn userinfo(
+    /// GitHub's user behind an access token: `/user`, then `/user/emails` (the verified
+    /// flags; without the `user:email` scope that call fails and the email is unverified).
+    async fn github(
         &self,
-        url: &str,
+        provider: &OAuthProvider,
+        endpoints: &Endpoints,
         access_token: &str,
-        id_claims: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, OAuthError> {
+    ) -> Result<ExternalIdentity, OAuthError> {
+        let user_url = endpoints
+            .userinfo_endpoint
+            .as_deref()
+            .ok_or_else(|| OAuthError::BadResponse("no user endpoint".into()))?;
+        let user = self.api_get(user_url, access_token).await?;
+        let user: Map<String, Value> = serde_json::from_slice(&user)
+            .map_err(|_| OAuthError::BadResponse("GitHub user is not a JSON object".into()))?;
+        let emails = match &endpoints.emails_endpoint {
+            Some(url) => match self.api_get(url, access_token).await {
+                Ok(body) => serde_json::from_slice::<Vec<Value>>(&body).ok(),
+                Err(OAuthError::Unreachable(OutboundError::Status(status)))
+                    if status.is_client_error() =>
+                {
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        github_identity(&provider.name, &user, emails.as_deref())
+    }
+
+    /// A GET with the access token; the body of a 2xx answer.
+    async fn api_get(&self, url: &str, access_token: &str) -> Result<Bytes, OAuthError> {
         let mut headers = HeaderMap::new();
         let mut bearer = HeaderValue::from_str(&format!("Bearer {access_token}"))
             .map_err(|_| OAuthError::BadResponse("access token is not a header value".into()))?;
@@ -669,7 +817,18 @@ impl Client {
                 answer.status,
             )));
         }
-        let claims: Map<String, Value> = serde_json::from_slice(&answer.body)
+        Ok(answer.body)
+    }
+
+    /// The userinfo claims (OIDC Core 5.3), which must name the ID token's subject.
+    async fn userinfo(
+        &self,
+        url: &str,
+        access_token: &str,
+        id_claims: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        let body = self.api_get(url, access_token).await?;
+        let claims: Map<String, Value> = serde_json::from_slice(&body)
             .map_err(|_| OAuthError::BadResponse("userinfo is not a JSON object".into()))?;
         if claims.get("sub") != id_claims.get("sub") {
             return Err(IdTokenError::UserinfoSubject.into());

@@ -59,10 +59,9 @@ fn issuers_of_presets_and_configs() {
     let mut l = provider(OAuthKind::Linkedin, TokenAuth::ClientSecretBasic);
     l.issuer = None;
     assert_eq!(issuer(&l).unwrap(), "https://www.linkedin.com/oauth");
-    assert!(matches!(
-        issuer(&provider(OAuthKind::Github, TokenAuth::ClientSecretBasic)),
-        Err(OAuthError::Unsupported(OAuthKind::Github))
-    ));
+    let mut h = provider(OAuthKind::Github, TokenAuth::ClientSecretBasic);
+    h.issuer = None;
+    assert_eq!(issuer(&h).unwrap(), "https://github.com");
 }
 
 #[test]
@@ -119,6 +118,7 @@ fn the_authorization_url_carries_everything() {
         token_endpoint: String::new(),
         userinfo_endpoint: None,
         jwks_uri: String::new(),
+        emails_endpoint: None,
     };
     let url = authorization_url(
         &p,
@@ -126,7 +126,7 @@ fn the_authorization_url_carries_everything() {
         &AuthorizationRequest {
             redirect_uri: "https://gw.example.com/auth/oauth/corp/callback",
             state: "st",
-            nonce: "no",
+            nonce: Some("no"),
             code_challenge: "ch",
         },
     )
@@ -353,4 +353,98 @@ fn identities_take_email_and_verification_from_one_source() {
     let id = identity("corp", &c, None).unwrap();
     assert_eq!(id.email, None);
     assert!(!id.email_verified);
+}
+
+#[test]
+fn github_endpoints_scopes_and_token_requests() {
+    let mut p = provider(OAuthKind::Github, TokenAuth::ClientSecretBasic);
+    p.issuer = None;
+    let e = github_endpoints(&p);
+    assert_eq!(
+        e.authorization_endpoint,
+        "https://github.com/login/oauth/authorize"
+    );
+    assert_eq!(
+        e.token_endpoint,
+        "https://github.com/login/oauth/access_token"
+    );
+    assert_eq!(
+        e.userinfo_endpoint.as_deref(),
+        Some("https://api.github.com/user")
+    );
+    assert_eq!(
+        e.emails_endpoint.as_deref(),
+        Some("https://api.github.com/user/emails")
+    );
+    p.api_url = Some("http://127.0.0.1:9/api/".into());
+    p.token_url = Some("http://127.0.0.1:9/token".into());
+    let e = github_endpoints(&p);
+    assert_eq!(
+        e.emails_endpoint.as_deref(),
+        Some("http://127.0.0.1:9/api/user/emails")
+    );
+    assert_eq!(e.token_endpoint, "http://127.0.0.1:9/token");
+    assert_eq!(scopes(&p), "read:user user:email");
+    p.scopes = vec!["user:email".into()];
+    assert_eq!(scopes(&p), "user:email", "no openid for GitHub");
+    // GitHub gets its credentials in the form, whatever token_auth says.
+    let (headers, body) = token_request(&p, "c", "https://gw/cb", Some("v"));
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    assert_eq!(form["client_secret"], "s3cret:&=");
+    assert!(!headers.contains_key(header::AUTHORIZATION));
+    // No nonce in GitHub's authorization URL.
+    let url = authorization_url(
+        &p,
+        &e,
+        &AuthorizationRequest {
+            redirect_uri: "https://gw/cb",
+            state: "st",
+            nonce: None,
+            code_challenge: "ch",
+        },
+    )
+    .unwrap();
+    assert!(
+        !url.contains("nonce") && url.contains("code_challenge=ch"),
+        "{url}"
+    );
+}
+
+#[test]
+fn github_refusals_come_with_status_200() {
+    let refused = token_response(
+        http::StatusCode::OK,
+        br#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired."}"#,
+    );
+    assert!(matches!(refused, Err(OAuthError::CodeRejected(e)) if e == "bad_verification_code"));
+}
+
+#[test]
+fn github_identities() {
+    let user =
+        claims(json!({"id": 583231, "login": "octocat", "name": null, "email": "public@x.test"}));
+    let emails = [
+        json!({"email": "old@x.test", "primary": false, "verified": true}),
+        json!({"email": "main@x.test", "primary": true, "verified": true}),
+    ];
+    let id = github_identity("github", &user, Some(&emails)).unwrap();
+    assert_eq!(id.subject, "583231");
+    assert_eq!(id.email.as_deref(), Some("main@x.test"));
+    assert!(id.email_verified);
+    assert_eq!(id.name.as_deref(), Some("octocat"));
+    // An unverified primary: another verified address wins.
+    let emails = [
+        json!({"email": "main@x.test", "primary": true, "verified": false}),
+        json!({"email": "other@x.test", "primary": false, "verified": true}),
+    ];
+    let id = github_identity("github", &user, Some(&emails)).unwrap();
+    assert_eq!(id.email.as_deref(), Some("other@x.test"));
+    // Nothing verified (or no emails scope): the public email, unverified.
+    let emails = [json!({"email": "main@x.test", "primary": true, "verified": false})];
+    for listed in [Some(&emails[..]), None] {
+        let id = github_identity("github", &user, listed).unwrap();
+        assert_eq!(id.email.as_deref(), Some("public@x.test"));
+        assert!(!id.email_verified);
+    }
+    assert!(github_identity("github", &claims(json!({"login": "x"})), None).is_err());
 }

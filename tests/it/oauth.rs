@@ -563,3 +563,190 @@ async fn closed_registration_creates_no_user() {
         a.body
     );
 }
+
+/// What the GitHub-shaped server expects and saw.
+#[derive(Default)]
+struct GithubState {
+    /// The PKCE challenge of the authorization request the test "approved".
+    challenge: Option<String>,
+    /// The redirect URI it was made with.
+    redirect_uri: Option<String>,
+    /// Codes already exchanged.
+    used: Vec<String>,
+}
+
+/// A GitHub-shaped OAuth 2 server: `POST /login/oauth/access_token` (credentials in the
+/// form, PKCE, errors with status 200 as GitHub sends them), `GET /api/user` and
+/// `GET /api/user/emails` behind the access token.
+async fn fake_github(state: std::sync::Arc<std::sync::Mutex<GithubState>>) -> std::net::SocketAddr {
+    use base64::Engine as _;
+    use http_body_util::BodyExt as _;
+    use sha2::Digest as _;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let bearer = parts
+                                .headers
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                == Some("Bearer gho_test_token");
+                            let answer = match (parts.method.as_str(), parts.uri.path()) {
+                                ("POST", "/login/oauth/access_token") => {
+                                    let form: std::collections::HashMap<String, String> =
+                                        url::form_urlencoded::parse(&body).into_owned().collect();
+                                    let mut st = state.lock().unwrap();
+                                    let verifier_ok = form.get("code_verifier").is_some_and(|v| {
+                                        let digest = sha2::Sha256::digest(v.as_bytes());
+                                        Some(
+                                            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                                .encode(digest),
+                                        ) == st.challenge
+                                    });
+                                    let code = form.get("code").cloned().unwrap_or_default();
+                                    let ok = form.get("client_id").map(String::as_str)
+                                        == Some("gh-client")
+                                        && form.get("client_secret").map(String::as_str)
+                                            == Some("gh-secret")
+                                        && code == "gh-code"
+                                        && !st.used.contains(&code)
+                                        && form.get("redirect_uri") == st.redirect_uri.as_ref()
+                                        && verifier_ok;
+                                    st.used.push(code);
+                                    if ok {
+                                        json!({"access_token": "gho_test_token", "token_type": "bearer", "scope": "read:user,user:email"})
+                                    } else {
+                                        json!({"error": "bad_verification_code", "error_description": "The code passed is incorrect or expired."})
+                                    }
+                                }
+                                ("GET", "/api/user") if bearer => {
+                                    json!({"id": 4242, "login": "octo", "name": "Octo Cat", "email": null})
+                                }
+                                ("GET", "/api/user/emails") if bearer => json!([
+                                    {"email": "octo-old@example.com", "primary": false, "verified": true, "visibility": null},
+                                    {"email": "octo@example.com", "primary": true, "verified": true, "visibility": "private"},
+                                ]),
+                                _ => {
+                                    return Ok::<_, std::convert::Infallible>(
+                                        http::Response::builder()
+                                            .status(401)
+                                            .body(http_body_util::Full::new(
+                                                bytes::Bytes::from_static(
+                                                    b"{\"message\":\"Requires authentication\"}",
+                                                ),
+                                            ))
+                                            .unwrap(),
+                                    );
+                                }
+                            };
+                            Ok(http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(
+                                    answer.to_string(),
+                                )))
+                                .unwrap())
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn github_sign_in_through_its_rest_api() {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(GithubState::default()));
+    let gh = fake_github(state.clone()).await;
+    let gw = Gateway::start(&format!(
+        r#"
+tokens: {{ issuer: {SITE}, audience: tests }}
+cookies: {{ secure: false }}
+accounts:
+  oauth:
+    github: {{ client_id: gh-client, client_secret: gh-secret, authorize_url: "http://{gh}/login/oauth/authorize", token_url: "http://{gh}/login/oauth/access_token", api_url: "http://{gh}/api" }}
+"#
+    ));
+    // A sign-in as far as GitHub's authorization page: the gateway's cookies and the URL.
+    let begin = || {
+        let url = gw.url("/auth/oauth/github/authorize?redirect_to=/welcome");
+        async move {
+            let mut jar = Jar::default();
+            let a = jar.request("GET", &url, None).await;
+            assert_eq!(a.status, 302, "{:?}", a.body);
+            let to = url::Url::parse(&location(&a)).unwrap();
+            let q: std::collections::HashMap<String, String> =
+                to.query_pairs().into_owned().collect();
+            (jar, to, q)
+        }
+    };
+    let (mut jar, to, q) = begin().await;
+    assert!(
+        to.as_str()
+            .starts_with(&format!("http://{gh}/login/oauth/authorize?"))
+    );
+    assert_eq!(q["client_id"], "gh-client");
+    assert_eq!(q["scope"], "read:user user:email");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(!q.contains_key("nonce"));
+    {
+        let mut st = state.lock().unwrap();
+        st.challenge = Some(q["code_challenge"].clone());
+        st.redirect_uri = Some(q["redirect_uri"].clone());
+    }
+    // GitHub sends the user back with the code and the state.
+    let callback = gw.url(&format!(
+        "/auth/oauth/github/callback?code=gh-code&state={}",
+        q["state"]
+    ));
+    let a = jar.request("GET", &callback, None).await;
+    assert_eq!(a.status, 302, "{:?}", a.body);
+    assert_eq!(location(&a), "/welcome");
+    let m = me(&gw, &jar).await.json();
+    assert_eq!(m["email"], "octo@example.com");
+    assert_eq!(m["email_verified"], true);
+    assert_eq!(m["name"], "Octo Cat");
+
+    // A code GitHub refuses (it answers 200 with an error): a clean 400.
+    let (mut jar, _, q) = begin().await;
+    let a = jar
+        .request(
+            "GET",
+            &gw.url(&format!(
+                "/auth/oauth/github/callback?code=gh-code&state={}",
+                q["state"]
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (a.status, code(&a).as_str()),
+        (400, "invalid_request"),
+        "{:?}",
+        a.body
+    );
+    assert!(
+        a.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bad_verification_code")
+    );
+    assert!(
+        !gw.stderr().contains("gho_test_token"),
+        "the access token leaked into the logs"
+    );
+}

@@ -109,6 +109,9 @@ pub enum AccountError {
     /// The provider sent the user back with an error (`access_denied`, ...).
     #[error("the provider answered {0}")]
     OAuthDenied(String),
+    /// Unlinking would leave the account without a way to sign in.
+    #[error("the account's only way to sign in")]
+    LastSignInMethod,
 }
 
 impl From<AuthError> for AccountError {

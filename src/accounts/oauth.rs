@@ -12,6 +12,12 @@
 //! else the user with the same email, linked now, only if the provider asserts
 //! `email_verified` (otherwise 409: whoever controls the provider account has not proven the
 //! address); else a new user, only when `accounts.registration` is `open`.
+//!
+//! A signed-in user links another provider account with a flow started by an authenticated
+//! (and so CSRF-checked) POST: the flow record names the user, and its callback links the
+//! identity to that user instead of signing in. Started by a plain GET, a link could be
+//! forced on a victim's browser with the attacker's provider account (login CSRF at the
+//! provider), giving the attacker a way into the victim's account.
 
 use std::time::Duration;
 
@@ -38,6 +44,14 @@ pub const OAUTH_STATE_TTL: Duration = Duration::from_secs(600);
 pub struct Started {
     pub location: String,
     pub state: String,
+}
+
+/// What a browser callback did.
+pub enum CallbackOutcome {
+    /// Signed in: the session, and where to send the browser.
+    SignedIn(Box<Issued>, String),
+    /// A link flow: the identity now belongs to the user who started it.
+    Linked(String),
 }
 
 /// What the provider sent back to the browser callback.
@@ -115,11 +129,13 @@ impl Accounts {
     /// `GET /auth/oauth/{provider}/authorize`: records the flow and returns the provider's
     /// authorization URL (state, nonce, PKCE S256). A `redirect_to` that is not
     /// `safe_redirect` is refused here, before the user is sent anywhere.
+    /// With `link_to` (the id of the signed-in user who asked), the callback links instead.
     pub async fn oauth_begin(
         &self,
         cfg: &Config,
         name: &str,
         redirect_to: Option<String>,
+        link_to: Option<&str>,
         now: UnixMillis,
     ) -> Result<Started, AccountError> {
         let provider = provider(cfg, name)?;
@@ -158,6 +174,7 @@ impl Accounts {
                     "code_verifier": verifier,
                     "nonce": nonce,
                     "redirect_to": redirect_to,
+                    "link_user": link_to,
                 }),
                 created_at: now,
                 expires_at: now.saturating_add(ms(OAUTH_STATE_TTL)),
@@ -167,8 +184,8 @@ impl Accounts {
     }
 
     /// `GET /auth/oauth/{provider}/callback`: checks the state (the browser's cookie, then
-    /// the single-use record), exchanges the code and signs in. Returns the session and
-    /// where to send the browser (`redirect_to`, default `/`).
+    /// the single-use record), exchanges the code and signs in, or links for a link flow.
+    /// The browser goes on to `redirect_to` (default `/`).
     pub async fn oauth_callback(
         &self,
         cfg: &Config,
@@ -177,7 +194,7 @@ impl Accounts {
         cookie_state: Option<&str>,
         client: &ClientInfo,
         now: UnixMillis,
-    ) -> Result<(Issued, String), AccountError> {
+    ) -> Result<CallbackOutcome, AccountError> {
         let provider = provider(cfg, name)?;
         if let Some(error) = params.error {
             // Only the error code, cut short: it is provider (or attacker) text.
@@ -236,8 +253,21 @@ impl Accounts {
             )
             .await?;
         let redirect_to = text("redirect_to").unwrap_or("/").to_owned();
+        if let Some(user_id) = text("link_user") {
+            let user = self
+                .store
+                .get_user(user_id)
+                .await?
+                .ok_or(AccountError::SessionRevoked)?;
+            if user.disabled {
+                return Err(AccountError::Disabled);
+            }
+            self.link(&identity, &user, now).await?;
+            tracing::info!(target: "gatehouse::accounts", user = %user.id, provider = %identity.provider, "OAuth identity linked by its user");
+            return Ok(CallbackOutcome::Linked(redirect_to));
+        }
         let issued = self.oauth_sign_in(cfg, identity, client, now).await?;
-        Ok((issued, redirect_to))
+        Ok(CallbackOutcome::SignedIn(Box::new(issued), redirect_to))
     }
 
     /// `POST /auth/oauth/{provider}/callback {code, redirect_uri, code_verifier?}`: for
@@ -360,12 +390,62 @@ impl Accounts {
         Ok(self.store.get_user(&user.id).await?.unwrap_or(user))
     }
 
+    /// The user's linked provider accounts.
+    pub async fn oauth_identities(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<OAuthIdentity>, AccountError> {
+        Ok(self.store.list_oauth_identities(user_id).await?)
+    }
+
+    /// Unlinks the user's identities at `provider` (`subject`: only that one). Refused when
+    /// it would leave the account without a way to sign in: no password and no other
+    /// identity.
+    pub async fn oauth_unlink(
+        &self,
+        user: &User,
+        provider: &str,
+        subject: Option<&str>,
+    ) -> Result<(), AccountError> {
+        let linked = self.store.list_oauth_identities(&user.id).await?;
+        let (gone, kept): (Vec<_>, Vec<_>) = linked
+            .into_iter()
+            .partition(|i| i.provider == provider && subject.is_none_or(|s| s == i.subject));
+        if gone.is_empty() {
+            return Err(AccountError::NotFound);
+        }
+        if kept.is_empty() && user.password_hash.is_none() {
+            return Err(AccountError::LastSignInMethod);
+        }
+        for identity in gone {
+            match self
+                .store
+                .delete_oauth_identity(&user.id, &identity.provider, &identity.subject)
+                .await
+            {
+                // Unlinked meanwhile by another request: the outcome wanted.
+                Ok(()) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Links `identity` to `user`; linked already to this user is fine, to another is 409.
     async fn link(
         &self,
         identity: &ExternalIdentity,
         user: &User,
         now: UnixMillis,
     ) -> Result<(), AccountError> {
+        if let Some(existing) = self
+            .store
+            .get_oauth_identity(&identity.provider, &identity.subject)
+            .await?
+            && existing.user_id == user.id
+        {
+            return Ok(());
+        }
         let record = OAuthIdentity {
             provider: identity.provider.clone(),
             subject: identity.subject.clone(),

@@ -103,6 +103,9 @@ impl From<AccountError> for ApiError {
             AccountError::OAuthDenied(error) => {
                 ApiError::InvalidRequest(format!("the provider answered {error}"))
             }
+            AccountError::LastSignInMethod => ApiError::InvalidRequest(
+                "this is the account's only way to sign in: set a password first".into(),
+            ),
         }
     }
 }
@@ -395,7 +398,10 @@ pub async fn handle(
         }
         (Some(rest), _) if rest.starts_with("/oauth/") => {
             let rest = rest.strip_prefix("/oauth/").unwrap_or_default();
-            oauth::handle(accounts, config, ctx, rest, req, now).await
+            oauth::handle(accounts, snapshot, ctx, rest, req, now).await
+        }
+        (Some(rest), _) if rest == "/me/identities" || rest.starts_with("/me/identities/") => {
+            oauth::identities(accounts, snapshot, ctx, rest, req, now).await
         }
         (Some("/verify"), _) => {
             allow(&method, &[Method::GET, Method::HEAD])?;

@@ -1,5 +1,6 @@
-//! `/auth/oauth/{provider}/authorize` and `/callback` (SPEC section 5): decode the query or
-//! body, call `accounts::oauth`, answer with a redirect and cookies or with tokens.
+//! `/auth/oauth/{provider}/authorize` and `/callback` (SPEC section 5), `/link`, and the
+//! signed-in user's `/auth/me/identities`: decode the query or body, call
+//! `accounts::oauth`, answer with a redirect and cookies or with JSON.
 //!
 //! The flow's `state` rides in the `gh_oauth` cookie (HttpOnly, SameSite=Lax so it comes
 //! back on the provider's top-level redirect, scoped to the provider's `/oauth/` path, 10
@@ -8,8 +9,11 @@
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use super::{allow, client_info, json, read_json, token_answer};
-use crate::accounts::oauth::{CallbackParams, CodeExchange, OAUTH_STATE_TTL};
+use super::wire::rfc3339;
+use super::{
+    allow, authenticate, client_info, json, no_content, read_json, read_json_or_empty, token_answer,
+};
+use crate::accounts::oauth::{CallbackOutcome, CallbackParams, CodeExchange, OAUTH_STATE_TTL};
 use crate::accounts::{Accounts, Issued};
 use crate::auth::cookie;
 use crate::body::ResBody;
@@ -17,7 +21,7 @@ use crate::config::Config;
 use crate::oauth::{IdTokenError, OAuthError};
 use crate::outbound::OutboundError;
 use crate::problem::{ApiError, FieldError};
-use crate::state::RequestCtx;
+use crate::state::{RequestCtx, Snapshot};
 use crate::store::UnixMillis;
 
 /// The cookie that holds a browser sign-in's `state`.
@@ -30,6 +34,13 @@ struct ExchangeBody {
     code: Option<String>,
     redirect_uri: Option<String>,
     code_verifier: Option<String>,
+}
+
+/// `POST .../link`'s body.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LinkBody {
+    redirect_to: Option<String>,
 }
 
 /// A provider failure as the client sees it: the provider's own trouble is a 502/504, a
@@ -104,12 +115,13 @@ fn redirect(location: &str) -> Result<Response<ResBody>, ApiError> {
 /// Serves `/oauth/{rest}` under the account prefix.
 pub(super) async fn handle(
     accounts: &Accounts,
-    config: &Config,
+    snapshot: &Snapshot,
     ctx: &RequestCtx,
     rest: &str,
     req: Request<hyper::body::Incoming>,
     now: UnixMillis,
 ) -> Result<Response<ResBody>, ApiError> {
+    let config = &*snapshot.config;
     let Some((name, action)) = rest.split_once('/') else {
         return Err(ApiError::NotFound);
     };
@@ -121,8 +133,27 @@ pub(super) async fn handle(
         "authorize" => {
             allow(&method, &[Method::GET, Method::HEAD])?;
             let redirect_to = param(&query_params(&req), "redirect_to");
-            let started = accounts.oauth_begin(config, name, redirect_to, now).await?;
+            let started = accounts
+                .oauth_begin(config, name, redirect_to, None, now)
+                .await?;
             let mut resp = redirect(&started.location)?;
+            if let Some(v) = state_cookie(config, name, &started.state, OAUTH_STATE_TTL.as_secs()) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+            Ok(resp)
+        }
+        "link" => {
+            allow(&method, &[Method::POST])?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            let body: LinkBody = read_json_or_empty(req).await?;
+            let started = accounts
+                .oauth_begin(config, name, body.redirect_to, Some(&caller.user.id), now)
+                .await?;
+            let mut resp = json(
+                StatusCode::OK,
+                &serde_json::json!({ "authorize_url": started.location }),
+                true,
+            );
             if let Some(v) = state_cookie(config, name, &started.state, OAUTH_STATE_TTL.as_secs()) {
                 resp.headers_mut().append(header::SET_COOKIE, v);
             }
@@ -169,13 +200,74 @@ pub(super) async fn handle(
                 iss: param(&query, "iss"),
             };
             let cookie_state = cookie::find(req.headers(), STATE_COOKIE);
-            let (issued, redirect_to) = accounts
+            match accounts
                 .oauth_callback(config, name, params, cookie_state, &client, now)
-                .await?;
-            signed_in_redirect(accounts, config, name, &issued, &redirect_to, now)
+                .await?
+            {
+                CallbackOutcome::SignedIn(issued, redirect_to) => {
+                    signed_in_redirect(accounts, config, name, &issued, &redirect_to, now)
+                }
+                CallbackOutcome::Linked(redirect_to) => {
+                    let mut resp = redirect(&redirect_to)?;
+                    if let Some(v) = state_cookie(config, name, "", 0) {
+                        resp.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                    Ok(resp)
+                }
+            }
         }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// `GET /auth/me/identities` → `{identities: [{provider, subject, email, created_at}]}`;
+/// `DELETE /auth/me/identities/{provider}[/{subject}]` → 204 (unlinked).
+pub(super) async fn identities(
+    accounts: &Accounts,
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    rest: &str,
+    req: Request<hyper::body::Incoming>,
+    now: UnixMillis,
+) -> Result<Response<ResBody>, ApiError> {
+    let method = req.method().clone();
+    let target = rest
+        .strip_prefix("/me/identities")
+        .unwrap_or_default()
+        .trim_start_matches('/');
+    if target.is_empty() {
+        allow(&method, &[Method::GET, Method::HEAD])?;
+    } else {
+        allow(&method, &[Method::DELETE])?;
+    }
+    let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+    if target.is_empty() {
+        let linked = accounts.oauth_identities(&caller.user.id).await?;
+        let views: Vec<_> = linked
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "provider": i.provider,
+                    "subject": i.subject,
+                    "email": i.email,
+                    "created_at": rfc3339(i.created_at),
+                })
+            })
+            .collect();
+        return Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "identities": views }),
+            true,
+        ));
+    }
+    let (provider, subject) = match target.split_once('/') {
+        Some((p, s)) => (p, Some(s)),
+        None => (target, None),
+    };
+    accounts
+        .oauth_unlink(&caller.user, provider, subject)
+        .await?;
+    Ok(no_content())
 }
 
 /// The end of a browser sign-in: the session and CSRF cookies exactly as a cookie login

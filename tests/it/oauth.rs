@@ -158,12 +158,22 @@ impl Jar {
     }
 
     async fn request(&mut self, method: &str, url: &str, form: Option<&str>) -> Answer {
+        let form_type = [("content-type", "application/x-www-form-urlencoded")];
+        let extra: &[(&str, &str)] = if form.is_some() { &form_type } else { &[] };
+        self.request_with(method, url, extra, form).await
+    }
+
+    async fn request_with(
+        &mut self,
+        method: &str,
+        url: &str,
+        extra: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
         let cookie = self.header(url);
         let mut headers = vec![("cookie", cookie.as_str())];
-        if form.is_some() {
-            headers.push(("content-type", "application/x-www-form-urlencoded"));
-        }
-        let body = form.map_or_else(empty, |f| full(f.to_owned()));
+        headers.extend_from_slice(extra);
+        let body = body.map_or_else(empty, |f| full(f.to_owned()));
         let answer = send(method, url, &headers, body).await;
         self.take(&answer);
         answer
@@ -749,4 +759,121 @@ accounts:
         !gw.stderr().contains("gho_test_token"),
         "the access token leaked into the logs"
     );
+}
+
+#[tokio::test]
+async fn signed_in_users_link_and_unlink_providers() {
+    let idp = Idp::start();
+    let echo = Echo::start();
+    let gw = gateway(&idp, &echo, "open");
+    let reg = send_json(
+        "POST",
+        &gw.url("/auth/register"),
+        None,
+        &json!({"email": "dave@example.com", "password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(reg.status, 201, "{:?}", reg.body);
+    let dave = reg.json()["user"]["id"].as_str().unwrap().to_owned();
+    let token = reg.json()["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+
+    // Linking needs a signed-in user, and a cookie-authenticated start passes the CSRF check.
+    let a = send_json("POST", &gw.url("/auth/oauth/corp/link"), None, &json!({})).await;
+    assert_eq!((a.status, code(&a).as_str()), (401, "missing_credentials"));
+    let login = send_json(
+        "POST",
+        &gw.url("/auth/login"),
+        None,
+        &json!({"email": "dave@example.com", "password": "correct horse battery", "session": "cookie"}),
+    )
+    .await;
+    let mut cookie_jar = Jar::default();
+    cookie_jar.take(&login);
+    let cookie = cookie_jar.header(&gw.url("/auth/oauth/corp/link"));
+    let a = send(
+        "POST",
+        &gw.url("/auth/oauth/corp/link"),
+        &[("cookie", &cookie), ("content-type", "application/json")],
+        full("{}"),
+    )
+    .await;
+    assert_eq!((a.status, code(&a).as_str()), (403, "csrf_failed"));
+
+    // Start with the access token; the provider account is alice's (another email: linking
+    // is by the user's own choice, not by address).
+    let mut jar = Jar::default();
+    let start = jar
+        .request_with(
+            "POST",
+            &gw.url("/auth/oauth/corp/link"),
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+            Some(r#"{"redirect_to": "/settings"}"#),
+        )
+        .await;
+    assert_eq!(start.status, 200, "{:?}", start.body);
+    let authorize = start.json()["authorize_url"].as_str().unwrap().to_owned();
+    let back = at_provider(&mut Jar::default(), authorize, "alice").await;
+    let a = jar
+        .request("GET", &back.replacen(SITE, &gw.url(""), 1), None)
+        .await;
+    assert_eq!(
+        (a.status, location(&a).as_str()),
+        (302, "/settings"),
+        "{:?}",
+        a.body
+    );
+    assert!(
+        !a.headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("gh_session=")),
+        "a link does not sign in anew"
+    );
+    let list = send(
+        "GET",
+        &gw.url("/auth/me/identities"),
+        &[("authorization", &bearer)],
+        empty(),
+    )
+    .await;
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    let ids = list.json()["identities"].clone();
+    assert_eq!(ids.as_array().unwrap().len(), 1, "{ids}");
+    assert_eq!(ids[0]["provider"], "corp");
+    assert_eq!(ids[0]["subject"], "alice");
+
+    // Signing in with that provider account is dave now.
+    let (a, jar2, _) = browser_sign_in(&gw, "corp", "alice", "/").await;
+    assert_eq!(a.status, 302, "{:?}", a.body);
+    assert_eq!(me(&gw, &jar2).await.json()["id"], dave.as_str());
+
+    // Unlink (dave has a password to fall back on); then the provider account is a stranger.
+    let a = send(
+        "DELETE",
+        &gw.url("/auth/me/identities/corp"),
+        &[("authorization", &bearer)],
+        empty(),
+    )
+    .await;
+    assert_eq!(a.status, 204, "{:?}", a.body);
+    let a = send(
+        "DELETE",
+        &gw.url("/auth/me/identities/corp"),
+        &[("authorization", &bearer)],
+        empty(),
+    )
+    .await;
+    assert_eq!((a.status, code(&a).as_str()), (404, "not_found"));
+    let list = send(
+        "GET",
+        &gw.url("/auth/me/identities"),
+        &[("authorization", &bearer)],
+        empty(),
+    )
+    .await;
+    assert_eq!(list.json()["identities"], json!([]));
 }

@@ -346,3 +346,51 @@ fn redirect_uris_follow_issuer_and_prefix() {
     assert!(!same_secret("abc", "abd"));
     assert!(!same_secret("abc", "abcd"));
 }
+
+#[tokio::test]
+async fn unlinking_keeps_a_way_to_sign_in() {
+    let cfg = config("open");
+    let acc = accounts(&cfg).await;
+    // Created by the provider: no password, one identity.
+    let issued = acc
+        .oauth_sign_in(
+            &cfg,
+            identity("s1", Some("p@example.com"), true),
+            &client(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let user = issued.user;
+    assert!(matches!(
+        acc.oauth_unlink(&user, "corp", None).await,
+        Err(AccountError::LastSignInMethod)
+    ));
+    assert!(matches!(
+        acc.oauth_unlink(&user, "other", None).await,
+        Err(AccountError::NotFound)
+    ));
+    // With a second identity, one may go (by subject), not the last.
+    acc.link(&identity("s2", None, false), &user, NOW)
+        .await
+        .unwrap();
+    // Linking the same identity to the same user again is fine; to another user, 409.
+    acc.link(&identity("s2", None, false), &user, NOW)
+        .await
+        .unwrap();
+    let other = acc
+        .oauth_sign_in(&cfg, identity("s3", None, false), &client(), NOW)
+        .await
+        .unwrap()
+        .user;
+    assert!(matches!(
+        acc.link(&identity("s2", None, false), &other, NOW).await,
+        Err(AccountError::Taken(ConflictField::OAuthIdentity))
+    ));
+    acc.oauth_unlink(&user, "corp", Some("s1")).await.unwrap();
+    assert_eq!(acc.oauth_identities(&user.id).await.unwrap().len(), 1);
+    assert!(matches!(
+        acc.oauth_unlink(&user, "corp", Some("s2")).await,
+        Err(AccountError::LastSignInMethod)
+    ));
+}

@@ -319,8 +319,8 @@ pub fn authorization_url(
 
 /// The token endpoint's request: headers and form body (RFC 6749 sections 2.3.1 and
 /// 4.1.3). With `client_secret_basic` both halves of the credentials are form-encoded
-/// before base64, as 2.3.1 says and as strict servers require. GitHub documents only
-/// credentials in the form, so it always gets them there.
+/// before base64, as 2.3.1 says and as strict servers require. GitHub and LinkedIn take
+/// credentials only in the form, so they always get them there.
 pub fn token_request(
     provider: &OAuthProvider,
     code: &str,
@@ -340,8 +340,9 @@ pub fn token_request(
         HeaderValue::from_static("application/x-www-form-urlencoded"),
     );
     let token_auth = match provider.kind {
-        OAuthKind::Github => TokenAuth::ClientSecretPost,
-        OAuthKind::Google | OAuthKind::Linkedin | OAuthKind::Oidc => provider.token_auth,
+        // LinkedIn's discovery lists client_secret_post alone.
+        OAuthKind::Github | OAuthKind::Linkedin => TokenAuth::ClientSecretPost,
+        OAuthKind::Google | OAuthKind::Oidc => provider.token_auth,
     };
     match token_auth {
         TokenAuth::ClientSecretBasic => {

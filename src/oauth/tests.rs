@@ -448,3 +448,14 @@ fn github_identities() {
     }
     assert!(github_identity("github", &claims(json!({"login": "x"})), None).is_err());
 }
+
+#[test]
+fn linkedin_gets_its_credentials_in_the_form() {
+    let mut p = provider(OAuthKind::Linkedin, TokenAuth::ClientSecretBasic);
+    p.issuer = None;
+    let (headers, body) = token_request(&p, "c", "https://gw/cb", Some("v"));
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    assert_eq!(form["client_id"], "client one");
+    assert!(!headers.contains_key(header::AUTHORIZATION));
+    assert_eq!(scopes(&p), "openid email profile");
+}

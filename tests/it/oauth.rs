@@ -332,9 +332,11 @@ async fn browser_sign_in_sets_a_working_session() {
     let (a, jar2, _) = browser_sign_in(&gw, "corp", "alice", "/").await;
     assert_eq!((a.status, location(&a).as_str()), (302, "/"));
     assert_eq!(me(&gw, &jar2).await.json()["id"], user["id"]);
+    let logs = gw.stderr();
+    assert!(!logs.contains(&state), "the state leaked into the logs");
     assert!(
-        !gw.stderr().contains(&state),
-        "the state leaked into the logs"
+        !logs.contains("corp-secret"),
+        "the client secret leaked into the logs"
     );
 }
 

@@ -4,17 +4,18 @@
 //! Owns: how long an answer of the store may be reused (positive entries for `cache.ttl`,
 //! "no such record" for the shorter `cache.negative_ttl`, and never past the record's own
 //! expiry), coalescing of concurrent misses for one key into a single store call
-//! (single-flight), local invalidation after writes, and batching of API-key
+//! (single-flight), local invalidation after writes, and batching of API-key and session
 //! `last_used_at` updates into one store write per flush.
 //!
 //! Must not touch: HTTP, credentials in plain form (everything is looked up by the SHA-256
 //! the caller computed), the decision whether a record may authenticate (the caller still
 //! checks [`ApiKey::is_active`] and `User::disabled`), and scheduling (the owner of the
-//! cache calls [`AuthCache::flush_api_key_uses`] on its own timer and the `evict_*` methods
+//! cache calls [`AuthCache::flush_api_key_uses`] and [`AuthCache::flush_session_uses`] on its
+//! own timer and the `evict_*` methods
 //! after writes or on messages from other replicas, SPEC section 7).
 //!
 //! Store errors are never cached: the next lookup asks again. No lock is held across an
-//! `.await`; the only lock is the short one around the pending key uses.
+//! `.await`; the only locks are the short ones around the pending key and session uses.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,7 +28,7 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use crate::config::CacheConfig;
-use crate::store::{ApiKey, Session, Store, StoreError, TokenHash, UnixMillis, User};
+use crate::store::{ApiKey, Invalidation, Session, Store, StoreError, TokenHash, UnixMillis, User};
 
 /// How long entries live and how many there may be (the `cache` section of the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +165,56 @@ pub struct AuthCache {
     evictions: AtomicU64,
     lookups: AtomicU64,
     /// Key id -> latest use not yet written to the store.
-    pending_uses: Mutex<HashMap<String, UnixMillis>>,
+    key_uses: PendingUses,
+    /// Session id -> latest use not yet written to the store.
+    session_uses: PendingUses,
+}
+
+/// Record id -> latest use at, noted in memory on the request path and written to the store
+/// in batches.
+#[derive(Default)]
+struct PendingUses(Mutex<HashMap<String, UnixMillis>>);
+
+impl PendingUses {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, UnixMillis>> {
+        // The map stays consistent even if a holder panicked: every update is one insert.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the latest time per id.
+    fn note(&self, id: &str, now: UnixMillis) {
+        let mut uses = self.lock();
+        // Look up before inserting so the common case (id already pending) allocates
+        // nothing.
+        if let Some(at) = uses.get_mut(id) {
+            *at = (*at).max(now);
+        } else {
+            uses.insert(id.to_owned(), now);
+        }
+    }
+
+    /// Everything pending, in a stable order (concurrent writers touch rows in the same
+    /// order), leaving nothing pending.
+    fn take(&self) -> Vec<(String, UnixMillis)> {
+        let pending = std::mem::take(&mut *self.lock());
+        let mut uses: Vec<(String, UnixMillis)> = pending.into_iter().collect();
+        uses.sort_unstable();
+        uses
+    }
+
+    /// Puts back uses whose write failed, keeping the later time where a newer use was
+    /// noted meanwhile.
+    fn put_back(&self, uses: Vec<(String, UnixMillis)>) {
+        let mut pending = self.lock();
+        for (id, at) in uses {
+            let slot = pending.entry(id).or_insert(at);
+            *slot = (*slot).max(at);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 // Hand-written: the caches' keys are credential hashes and their values user records, none
@@ -178,7 +228,8 @@ impl fmt::Debug for AuthCache {
             .field("users", &self.users.entry_count())
             .field("sessions", &self.sessions.entry_count())
             .field("store_lookups", &self.store_lookups())
-            .field("pending_uses", &self.lock_uses().len())
+            .field("pending_key_uses", &self.key_uses.len())
+            .field("pending_session_uses", &self.session_uses.len())
             .finish()
     }
 }
@@ -194,7 +245,8 @@ impl AuthCache {
             sessions: bounded(settings.max_entries),
             evictions: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
-            pending_uses: Mutex::new(HashMap::new()),
+            key_uses: PendingUses::default(),
+            session_uses: PendingUses::default(),
         }
     }
 
@@ -292,20 +344,20 @@ impl AuthCache {
     /// Forgets the key with this hash (after it was revoked or deleted here, or on a message
     /// from another replica).
     pub async fn evict_api_key(&self, hash: &TokenHash) {
-        self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.api_keys.invalidate(hash).await;
+        self.apply(&Invalidation::ApiKey(*hash)).await;
+        self.publish(Invalidation::ApiKey(*hash)).await;
     }
 
     /// Forgets the user with this id (after an update, disable or delete).
     pub async fn evict_user(&self, id: &str) {
-        self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.users.invalidate(id).await;
+        self.apply(&Invalidation::User(id.to_owned())).await;
+        self.publish(Invalidation::User(id.to_owned())).await;
     }
 
     /// Forgets the session with this id (after a logout or revocation).
     pub async fn evict_session(&self, id: &str) {
-        self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.sessions.invalidate(id).await;
+        self.apply(&Invalidation::Session(id.to_owned())).await;
+        self.publish(Invalidation::Session(id.to_owned())).await;
     }
 
     /// Forgets everything: a replica that reconnects after losing the invalidation channel
@@ -317,17 +369,36 @@ impl AuthCache {
         self.sessions.invalidate_all();
     }
 
+    /// Evicts `what` here only: for invalidations another replica published (and this
+    /// one's own, echoed back by the channel).
+    pub async fn apply(&self, what: &Invalidation) {
+        self.evictions.fetch_add(1, Ordering::AcqRel);
+        match what {
+            Invalidation::User(id) => self.users.invalidate(id).await,
+            Invalidation::Session(id) => self.sessions.invalidate(id).await,
+            Invalidation::ApiKey(hash) => self.api_keys.invalidate(hash).await,
+            Invalidation::All => self.evict_all(),
+        }
+    }
+
+    /// Tells the other replicas. Best effort: when the channel is down the change itself
+    /// usually failed too, and their cache entries still end with `cache.ttl`.
+    async fn publish(&self, what: Invalidation) {
+        if let Err(e) = self.store.publish_invalidation(&what).await {
+            tracing::warn!(target: "gatehouse::cache", error = %e, "cannot publish a cache invalidation to the other replicas");
+        }
+    }
+
     /// Records that the key was used at `now`, in memory only; the next
     /// [`AuthCache::flush_api_key_uses`] writes it. Keeps the latest time per key.
     pub fn note_api_key_use(&self, key_id: &str, now: UnixMillis) {
-        let mut uses = self.lock_uses();
-        // Look up before inserting so the common case (key already pending) allocates
-        // nothing.
-        if let Some(at) = uses.get_mut(key_id) {
-            *at = (*at).max(now);
-        } else {
-            uses.insert(key_id.to_owned(), now);
-        }
+        self.key_uses.note(key_id, now);
+    }
+
+    /// Records that the session was used at `now` (an authenticated request with its token
+    /// or cookie), in memory only; the next [`AuthCache::flush_session_uses`] writes it.
+    pub fn note_session_use(&self, session_id: &str, now: UnixMillis) {
+        self.session_uses.note(session_id, now);
     }
 
     /// Writes every pending key use in one [`Store::record_api_key_use`] call and returns
@@ -335,21 +406,31 @@ impl AuthCache {
     /// a newer use was noted meanwhile) and the error returned. Uses noted while the write
     /// runs wait for the next flush.
     pub async fn flush_api_key_uses(&self) -> Result<usize, StoreError> {
-        let pending = std::mem::take(&mut *self.lock_uses());
-        if pending.is_empty() {
+        let uses = self.key_uses.take();
+        if uses.is_empty() {
             return Ok(0);
         }
-        let mut uses: Vec<(String, UnixMillis)> = pending.into_iter().collect();
-        // A stable order: concurrent writers touch rows in the same order.
-        uses.sort_unstable();
         match self.store.record_api_key_use(&uses).await {
             Ok(()) => Ok(uses.len()),
             Err(e) => {
-                let mut pending = self.lock_uses();
-                for (id, at) in uses {
-                    let slot = pending.entry(id).or_insert(at);
-                    *slot = (*slot).max(at);
-                }
+                self.key_uses.put_back(uses);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes every pending session use in one [`Store::record_session_use`] call, like
+    /// [`AuthCache::flush_api_key_uses`] (put back on error), and returns how many sessions
+    /// it wrote.
+    pub async fn flush_session_uses(&self) -> Result<usize, StoreError> {
+        let uses = self.session_uses.take();
+        if uses.is_empty() {
+            return Ok(0);
+        }
+        match self.store.record_session_use(&uses).await {
+            Ok(()) => Ok(uses.len()),
+            Err(e) => {
+                self.session_uses.put_back(uses);
                 Err(e)
             }
         }
@@ -413,13 +494,6 @@ impl AuthCache {
             Some(deadline) if deadline > now => self.settings.ttl.min(millis(deadline - now)),
             _ => self.settings.ttl,
         }
-    }
-
-    fn lock_uses(&self) -> MutexGuard<'_, HashMap<String, UnixMillis>> {
-        // The map stays consistent even if a holder panicked: every update is one insert.
-        self.pending_uses
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -993,6 +1067,33 @@ mod tests {
         assert_eq!(r.cache.flush_api_key_uses().await.unwrap(), 1);
         let stored = r.store.get_api_key(&key.id).await.unwrap().unwrap();
         assert_eq!(stored.last_used_at, Some(t + 5));
+    }
+
+    #[tokio::test]
+    async fn session_uses_are_flushed_with_the_latest_time_and_survive_a_failure() {
+        let r = rig().await;
+        let user = new_user(&r.store).await;
+        let session = new_session(&r.store, &user.id, now() + DAY).await;
+        // Later than the creation time, whatever the clock did meanwhile.
+        let t = session.last_used_at + 1;
+        for i in 0..50 {
+            r.cache.note_session_use(&session.id, t + i);
+        }
+        r.cache.note_session_use(&session.id, t + 3);
+        r.cache.note_session_use(&new_id(), t + 9); // deleted meanwhile: skipped
+        assert_eq!(r.cache.flush_session_uses().await.unwrap(), 2);
+        let stored = r.store.get_session(&session.id).await.unwrap().unwrap();
+        assert_eq!(stored.last_used_at, t + 49);
+        assert_eq!(r.cache.flush_session_uses().await.unwrap(), 0);
+
+        r.cache.note_session_use(&session.id, t + 100);
+        let restore = break_table(&r.path, "sessions");
+        assert!(r.cache.flush_session_uses().await.is_err());
+        restore();
+        r.cache.note_session_use(&session.id, t + 60);
+        assert_eq!(r.cache.flush_session_uses().await.unwrap(), 1);
+        let stored = r.store.get_session(&session.id).await.unwrap().unwrap();
+        assert_eq!(stored.last_used_at, t + 100);
     }
 
     #[tokio::test]

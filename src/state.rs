@@ -14,19 +14,24 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::pool::{Endpoint, Pool, Transport, client_tls};
 use crate::ratelimit::route::{Limiter, RouteLimiters};
 use crate::router::Router;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{RedisOptions, RedisStore, SqliteStore, Store, StoreError};
 use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-/// Opens the store the config names. Blocking (file I/O, migrations): call it from
-/// `spawn_blocking` or before the runtime serves requests.
-pub fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens the store the config names: the SQLite file (on the blocking pool: file I/O and
+/// migrations), or a connection to Redis (the first connection must succeed).
+pub async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     match cfg {
-        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
-        // The shared backend is issue 5's; refuse clearly rather than pretend.
-        StoreConfig::Redis { .. } => Err(StoreError::Unavailable(
-            "store.kind redis is not supported by this build yet; use sqlite".into(),
+        StoreConfig::Sqlite { path } => {
+            let path = path.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(path))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+        StoreConfig::Redis { url, cluster } => Ok(Arc::new(
+            RedisStore::connect(&RedisOptions::new(url.clone(), *cluster)).await?,
         )),
     }
 }

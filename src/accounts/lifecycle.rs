@@ -7,6 +7,7 @@
 //! that could tell whether an address has an account (forgot-password) are the same
 //! whatever the store holds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -83,7 +84,7 @@ impl Accounts {
     /// is logged (never the message: its link holds a token) and the flow goes on.
     pub(super) fn mail(&self, message: Message) {
         let kind = message.kind.name();
-        match self.mailer.get() {
+        match &*self.mailer.load() {
             Some(mailer) => {
                 if let Err(e) = mailer.send(message) {
                     tracing::warn!(target: "gatehouse::mail", kind, error = %e, "mail not queued");
@@ -132,12 +133,14 @@ impl Accounts {
             return Ok(());
         };
         // The address being verified travels with the token: a link for an address the user
-        // has since changed proves nothing about the new one.
+        // has since changed proves nothing about the new one. An account never changed since
+        // sign-up gets its welcome mail once the address is proven (an email change does not).
+        let welcome = user.updated_at == user.created_at;
         let token = self
             .issue_one_time(
                 OneTimeKind::EmailVerification,
                 user,
-                json!({ "email": email }),
+                json!({ "email": email, "welcome": welcome }),
                 VERIFY_EMAIL_TTL,
                 now,
             )
@@ -182,6 +185,11 @@ impl Accounts {
         };
         let user = self.store.update_user(&user.id, &patch, now).await?;
         self.auth.cache().evict_user(&user.id).await;
+        if used.payload.get("welcome") == Some(&json!(true))
+            && let Some(to) = user.email.clone()
+        {
+            self.mail(greeted(Message::new(to, MessageKind::Welcome), &user));
+        }
         Ok(user)
     }
 
@@ -202,10 +210,11 @@ impl Accounts {
     }
 
     /// `POST /auth/forgot-password {email}`: when the address belongs to an enabled account,
-    /// a reset link is mailed. The caller answers 202 either way.
+    /// a reset link is mailed. The caller answers 202 either way; the lookup and the token
+    /// write happen after the answer (see [`Accounts::after_answer`]).
     pub async fn forgot_password(
-        &self,
-        cfg: &Config,
+        self: &Arc<Self>,
+        cfg: &Arc<Config>,
         email: &str,
         client: &ClientInfo,
         now: UnixMillis,
@@ -218,6 +227,43 @@ impl Accounts {
             )]));
         }
         self.email_limit(cfg, client, email, now)?;
+        self.after_answer(
+            cfg,
+            "reset-password",
+            email,
+            |this, cfg, email| async move { this.mail_reset_link(&cfg, &email, now).await },
+        );
+        Ok(())
+    }
+
+    /// Runs `work` (a store lookup, maybe a token write and a mail) in its own task, so the
+    /// answer to a flow that must not reveal whether an address has an account leaves
+    /// before it and takes the same time either way. Failures are logged without the
+    /// address; the client already has its 202.
+    fn after_answer<F, Fut>(
+        self: &Arc<Self>,
+        cfg: &Arc<Config>,
+        flow: &'static str,
+        email: &str,
+        work: F,
+    ) where
+        F: FnOnce(Arc<Self>, Arc<Config>, String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), AccountError>> + Send + 'static,
+    {
+        let task = work(Arc::clone(self), Arc::clone(cfg), email.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::warn!(target: "gatehouse::accounts", flow, error = %e, "cannot issue the link");
+            }
+        });
+    }
+
+    async fn mail_reset_link(
+        &self,
+        cfg: &Config,
+        email: &str,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
         let Some(user) = self.store.get_user_by_email(email).await? else {
             return Ok(());
         };
@@ -305,11 +351,12 @@ impl Accounts {
     }
 
     /// `POST /auth/magic-link {email, redirect_to?}`: an enabled account with this address
-    /// gets a 10-minute sign-in link. The caller answers 202 either way; a `redirect_to` that
-    /// is not [`safe_redirect`] is refused before anything else (that reveals nothing).
+    /// gets a 10-minute sign-in link. The caller answers 202 either way (the lookup happens
+    /// after the answer, as for forgot-password); a `redirect_to` that is not
+    /// [`safe_redirect`] is refused before anything else (that reveals nothing).
     pub async fn request_magic_link(
-        &self,
-        cfg: &Config,
+        self: &Arc<Self>,
+        cfg: &Arc<Config>,
         email: &str,
         redirect_to: Option<String>,
         client: &ClientInfo,
@@ -325,6 +372,19 @@ impl Accounts {
         }
         let email = email.trim();
         self.email_limit(cfg, client, email, now)?;
+        self.after_answer(cfg, "magic-link", email, |this, cfg, email| async move {
+            this.mail_magic_link(&cfg, &email, redirect_to, now).await
+        });
+        Ok(())
+    }
+
+    async fn mail_magic_link(
+        &self,
+        cfg: &Config,
+        email: &str,
+        redirect_to: Option<String>,
+        now: UnixMillis,
+    ) -> Result<(), AccountError> {
         let Some(user) = self.store.get_user_by_email(email).await? else {
             return Ok(());
         };

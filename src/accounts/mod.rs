@@ -10,8 +10,11 @@
 //! [`AccountError`], which `endpoints` maps to problem responses), or the clock: every call
 //! takes `now` in milliseconds.
 
+pub mod admin;
+pub mod invitations;
 pub mod lifecycle;
 pub mod oauth;
+pub mod sessions;
 pub mod validate;
 
 use std::net::IpAddr;
@@ -263,7 +266,8 @@ pub struct Accounts {
     /// `rate_limits.email`: forgot-password, magic-link and resends, per IP and address.
     email_limiter: WindowCounter,
     /// Set once by the server; CLI commands run without one (no mail is sent).
-    mailer: std::sync::OnceLock<Arc<crate::mail::Mailer>>,
+    /// Swapped whole when a reload changes the mail settings or templates.
+    mailer: arc_swap::ArcSwapOption<crate::mail::Mailer>,
     /// OAuth/OIDC providers: discovery and JWKS caches (`accounts::oauth`).
     oauth: crate::oauth::Client,
 }
@@ -311,7 +315,7 @@ impl Accounts {
             login_limiter: LoginLimiter::new(),
             register_limiter: WindowCounter::new(),
             email_limiter: WindowCounter::new(),
-            mailer: std::sync::OnceLock::new(),
+            mailer: arc_swap::ArcSwapOption::empty(),
             oauth: crate::oauth::Client::new(Arc::new(crate::outbound::Outbound::new(
                 crate::oauth::FETCH_TIMEOUT,
             ))),
@@ -337,9 +341,10 @@ impl Accounts {
         Ok(Self::new(store, auth, now))
     }
 
-    /// Gives the service its mailer (once; later calls are ignored).
+    /// Gives the service its mailer, replacing the previous one (which delivers what it
+    /// has queued, then stops).
     pub fn set_mailer(&self, mailer: Arc<crate::mail::Mailer>) {
-        let _ = self.mailer.set(mailer);
+        self.mailer.store(Some(mailer));
     }
 
     /// Loads (or on the first start creates and stores) the signing keys.
@@ -490,6 +495,7 @@ impl Accounts {
                     roles: vec!["user".into()],
                     password,
                 },
+                false,
                 now,
             )
             .await?;
@@ -539,10 +545,17 @@ impl Accounts {
         if !issues.is_empty() {
             return Err(AccountError::Invalid(issues));
         }
-        self.insert_user(input, now).await
+        self.insert_user(input, false, now).await
     }
 
-    async fn insert_user(&self, input: NewUser, now: UnixMillis) -> Result<User, AccountError> {
+    /// Stores a new user with a hashed password; `email_verified` when the address is
+    /// already proven (an accepted invitation).
+    async fn insert_user(
+        &self,
+        input: NewUser,
+        email_verified: bool,
+        now: UnixMillis,
+    ) -> Result<User, AccountError> {
         let hash = password::hash_blocking(input.password).await?;
         let user = User {
             id: new_id(),
@@ -550,7 +563,7 @@ impl Accounts {
             username: input.username,
             name: input.name,
             external_id: None,
-            email_verified: false,
+            email_verified,
             roles: if input.roles.is_empty() {
                 vec!["user".into()]
             } else {
@@ -1216,17 +1229,21 @@ impl Accounts {
             self.check_current_password(cfg, caller, "password", password, client, now)
                 .await?;
         }
-        let sessions = self
-            .store
-            .list_active_sessions(&caller.user.id, now)
-            .await?;
-        let keys = self.store.list_api_keys(&caller.user.id).await?;
-        let result = match self.store.delete_user(&caller.user.id).await {
+        self.purge_user(&caller.user.id, now).await
+    }
+
+    /// Deletes the user and everything it owns (sessions, refresh tokens, API keys,
+    /// one-time tokens) and evicts all of it from this replica's cache, so its credentials
+    /// stop working here at once. Deleting a user that is already gone succeeds.
+    async fn purge_user(&self, user_id: &str, now: UnixMillis) -> Result<(), AccountError> {
+        let sessions = self.store.list_active_sessions(user_id, now).await?;
+        let keys = self.store.list_api_keys(user_id).await?;
+        let result = match self.store.delete_user(user_id).await {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(e) => Err(e.into()),
         };
         let cache = self.auth.cache();
-        cache.evict_user(&caller.user.id).await;
+        cache.evict_user(user_id).await;
         for s in sessions {
             cache.evict_session(&s.id).await;
         }

@@ -327,6 +327,9 @@ impl Authenticator {
             if let Some(key_id) = &hit.principal.key_id {
                 self.cache.note_api_key_use(key_id, now);
             }
+            if let Some(sid) = &hit.principal.session_id {
+                self.cache.note_session_use(sid, now);
+            }
             return Ok(hit.principal.clone());
         }
         // Read before any lookup: an eviction while this runs leaves the entry stale.
@@ -343,6 +346,10 @@ impl Authenticator {
                     .await?
             }
         };
+        // Batched into the session's `last_used_at`, as `api_key` does for keys.
+        if let Some(sid) = &principal.session_id {
+            self.cache.note_session_use(sid, now);
+        }
         let resolved = Resolved {
             principal: principal.clone(),
             generation,

@@ -10,6 +10,7 @@
 mod oauth;
 pub mod wire;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
+use crate::accounts::invitations::Acceptance;
 use crate::accounts::validate::IssueKind;
 use crate::accounts::{
     AccountError, Accounts, Caller, ClientInfo, PartnerOutcome, ProfileChange, Registered,
@@ -33,9 +35,10 @@ use crate::problem::{ApiError, FieldError, RateLimitInfo};
 use crate::state::{RequestCtx, Snapshot};
 use crate::store::{StoreError, UnixMillis};
 use wire::{
-    ApiKeyBody, DeleteAccountBody, EmailBody, LoginBody, MagicLinkBody, PartnerBody, PasswordBody,
-    ProfileBody, RefreshBody, RegisterBody, ResetBody, TokenBody, created_key_view, key_view,
-    token_answer, user_view,
+    AcceptBody, AdminUserBody, ApiKeyBody, DeleteAccountBody, EmailBody, InvitationBody, LoginBody,
+    MagicLinkBody, PartnerBody, PasswordBody, ProfileBody, RefreshBody, RegisterBody, ResetBody,
+    TokenBody, admin_user_view, created_key_view, invited_view, key_view, session_view,
+    token_answer, user_listing, user_view,
 };
 
 /// Largest JSON body the account API reads; its documents are small.
@@ -123,7 +126,7 @@ pub fn is_own_endpoint(config: &Config, path: &str) -> bool {
 
 /// Serves one request to the account API or a discovery document.
 pub async fn handle(
-    accounts: &Accounts,
+    accounts: &Arc<Accounts>,
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     path: &str,
@@ -201,7 +204,7 @@ pub async fn handle(
             let body: EmailBody = read_json(req).await?;
             let email = required(body.email, "email")?;
             accounts
-                .forgot_password(config, &email, &client, now)
+                .forgot_password(&snapshot.config, &email, &client, now)
                 .await?;
             Ok(accepted())
         }
@@ -211,7 +214,7 @@ pub async fn handle(
             let body: MagicLinkBody = read_json(req).await?;
             let email = required(body.email, "email")?;
             accounts
-                .request_magic_link(config, &email, body.redirect_to, &client, now)
+                .request_magic_link(&snapshot.config, &email, body.redirect_to, &client, now)
                 .await?;
             Ok(accepted())
         }
@@ -350,9 +353,19 @@ pub async fn handle(
             }
         }
         (Some("/admin/users"), _) => {
-            allow(&method, &[Method::POST])?;
+            allow(&method, &[Method::GET, Method::HEAD, Method::POST])?;
             let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             require_admin(&caller)?;
+            if method != Method::POST {
+                let listing = user_listing(req.uri().query())?;
+                let page = accounts.list_users(listing).await?;
+                let users: Vec<_> = page.users.iter().map(admin_user_view).collect();
+                return Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "users": users, "next_cursor": page.next_cursor }),
+                    true,
+                ));
+            }
             let body: PartnerBody = read_json(req).await?;
             let input = body.into_input()?;
             match accounts.partner_register(input, now).await? {
@@ -402,6 +415,87 @@ pub async fn handle(
         }
         (Some(rest), _) if rest == "/me/identities" || rest.starts_with("/me/identities/") => {
             oauth::identities(accounts, snapshot, ctx, rest, req, now).await
+        }
+        (Some("/sessions"), _) => {
+            allow(&method, &[Method::GET, Method::HEAD, Method::DELETE])?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            if method == Method::DELETE {
+                accounts.end_other_sessions(&caller, now).await?;
+                return Ok(no_content());
+            }
+            let sessions = accounts.list_sessions(&caller, now).await?;
+            let views: Vec<_> = sessions
+                .iter()
+                .map(|s| session_view(s, caller.session_id()))
+                .collect();
+            Ok(json(StatusCode::OK, &views, true))
+        }
+        (Some(rest), _) if rest.starts_with("/sessions/") => {
+            allow(&method, &[Method::DELETE])?;
+            let id = rest.strip_prefix("/sessions/").unwrap_or_default();
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            accounts.end_session(&caller, id, now).await?;
+            Ok(no_content())
+        }
+        (Some(rest), _)
+            if rest
+                .strip_prefix("/admin/users/")
+                .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
+        {
+            allow(
+                &method,
+                &[Method::GET, Method::HEAD, Method::PATCH, Method::DELETE],
+            )?;
+            let id = rest.strip_prefix("/admin/users/").unwrap_or_default();
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            require_admin(&caller)?;
+            match method {
+                Method::PATCH => {
+                    let body: AdminUserBody = read_json(req).await?;
+                    let user = accounts.change_user(id, body.into_change(), now).await?;
+                    Ok(json(StatusCode::OK, &admin_user_view(&user), true))
+                }
+                Method::DELETE => {
+                    accounts.remove_user(id, now).await?;
+                    Ok(no_content())
+                }
+                _ => {
+                    let user = accounts.user_by_id(id).await?;
+                    Ok(json(StatusCode::OK, &admin_user_view(&user), true))
+                }
+            }
+        }
+        (Some("/admin/invitations"), _) => {
+            allow(&method, &[Method::POST])?;
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            require_admin(&caller)?;
+            let body: InvitationBody = read_json(req).await?;
+            let email = required(body.email, "email")?;
+            let invited = accounts
+                .invite(config, &caller, &email, body.roles, now)
+                .await?;
+            Ok(json(StatusCode::CREATED, &invited_view(&invited), true))
+        }
+        (Some("/invitations/accept"), _) => {
+            allow(&method, &[Method::POST])?;
+            let client = client_info(config, ctx, req.headers());
+            let body: AcceptBody = read_json(req).await?;
+            let token = required(body.token, "token")?;
+            let issued = accounts
+                .accept_invitation(
+                    config,
+                    Acceptance {
+                        token,
+                        password: body.password,
+                        password_confirmation: body.password_confirmation,
+                        name: body.name,
+                        username: body.username,
+                    },
+                    &client,
+                    now,
+                )
+                .await?;
+            Ok(json(StatusCode::OK, &token_answer(&issued), true))
         }
         (Some("/verify"), _) => {
             allow(&method, &[Method::GET, Method::HEAD])?;

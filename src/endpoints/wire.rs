@@ -3,9 +3,11 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::accounts::admin::{UserChange, UserListing};
+use crate::accounts::invitations::Invited;
 use crate::accounts::{Issued, LoginId, NewApiKey, PartnerUser};
 use crate::problem::{ApiError, FieldError};
-use crate::store::{ApiKey, ApiKeyKind, UnixMillis, User};
+use crate::store::{ApiKey, ApiKeyKind, Session, UnixMillis, User};
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in PATCH
 /// bodies.
@@ -298,6 +300,121 @@ pub fn created_key_view<'a>(k: &'a ApiKey, plain: &'a str) -> KeyView<'a> {
     }
 }
 
+/// A user as the admin API shows it: the `/auth/me` view plus the account state.
+#[derive(Debug, Serialize)]
+pub struct AdminUserView<'a> {
+    #[serde(flatten)]
+    pub user: UserView<'a>,
+    pub disabled: bool,
+    pub external_id: Option<&'a str>,
+    pub updated_at: String,
+}
+
+pub fn admin_user_view(user: &User) -> AdminUserView<'_> {
+    AdminUserView {
+        user: user_view(user),
+        disabled: user.disabled,
+        external_id: user.external_id.as_deref(),
+        updated_at: rfc3339(user.updated_at),
+    }
+}
+
+/// `PATCH /auth/admin/users/{id}`. Unknown fields are refused: a misspelt `role` must not
+/// answer 200 having changed nothing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserBody {
+    pub roles: Option<Vec<String>>,
+    pub disabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
+}
+
+impl AdminUserBody {
+    pub fn into_change(self) -> UserChange {
+        UserChange {
+            roles: self.roles,
+            disabled: self.disabled,
+            name: self.name,
+        }
+    }
+}
+
+/// `GET /auth/admin/users?limit=&cursor=&email=&role=`: the listing, every wrong parameter
+/// listed at once. Unknown parameters are ignored, as query strings usually are.
+pub fn user_listing(query: Option<&str>) -> Result<UserListing, ApiError> {
+    let mut listing = UserListing::default();
+    let mut errors = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "limit" => match v.parse::<usize>() {
+                Ok(n) => listing.limit = Some(n),
+                Err(_) => errors.push(FieldError::new("limit", "must be a positive integer")),
+            },
+            "cursor" => listing.cursor = Some(v.into_owned()),
+            "email" => listing.email = Some(v.into_owned()),
+            "role" => listing.role = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok(listing)
+    } else {
+        Err(ApiError::ValidationFailed { errors })
+    }
+}
+
+/// `POST /auth/admin/invitations`.
+#[derive(Debug, Deserialize)]
+pub struct InvitationBody {
+    pub email: Option<String>,
+    pub roles: Option<Vec<String>>,
+}
+
+/// `POST /auth/invitations/accept`.
+// No `Debug`: it holds a one-time token and a password.
+#[derive(Deserialize)]
+pub struct AcceptBody {
+    pub token: Option<String>,
+    pub password: Option<String>,
+    pub password_confirmation: Option<String>,
+    pub name: Option<String>,
+    pub username: Option<String>,
+}
+
+/// The answer of `POST /auth/admin/invitations` (the link itself goes only by mail).
+pub fn invited_view(invited: &Invited) -> serde_json::Value {
+    serde_json::json!({
+        "email": invited.email,
+        "roles": invited.roles,
+        "expires_at": rfc3339(invited.expires_at),
+    })
+}
+
+/// A session as `GET /auth/sessions` lists it.
+#[derive(Debug, Serialize)]
+pub struct SessionView<'a> {
+    pub id: &'a str,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub user_agent: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    /// Whether this is the session of the credential the request came with.
+    pub current: bool,
+}
+
+/// `GET /auth/sessions` entries; `current` is the caller's own session, if any.
+pub fn session_view<'a>(s: &'a Session, current: Option<&str>) -> SessionView<'a> {
+    SessionView {
+        id: &s.id,
+        created_at: rfc3339(s.created_at),
+        last_used_at: rfc3339(s.last_used_at),
+        user_agent: s.user_agent.as_deref(),
+        ip: s.ip.as_deref(),
+        current: current == Some(s.id.as_str()),
+    }
+}
+
 /// Parses an RFC 3339 timestamp into milliseconds.
 pub fn parse_rfc3339(text: &str) -> Option<UnixMillis> {
     let t =
@@ -334,6 +451,49 @@ mod tests {
         assert_eq!(b.name, Some(None));
         assert_eq!(b.username, Some(Some("bob".into())));
         assert_eq!(b.email, None);
+    }
+
+    #[test]
+    fn admin_listing_query() {
+        let l = user_listing(Some(
+            "limit=10&cursor=c.1&email=%40example.com&role=admin&x=1",
+        ))
+        .unwrap();
+        assert_eq!(l.limit, Some(10));
+        assert_eq!(l.cursor.as_deref(), Some("c.1"));
+        assert_eq!(l.email.as_deref(), Some("@example.com"));
+        assert_eq!(l.role.as_deref(), Some("admin"));
+        assert!(user_listing(None).unwrap().limit.is_none());
+        match user_listing(Some("limit=-1")) {
+            Err(ApiError::ValidationFailed { errors }) => assert_eq!(errors.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn admin_view_adds_account_state() {
+        let user = User {
+            id: "u1".into(),
+            email: Some("a@example.com".into()),
+            username: None,
+            name: None,
+            external_id: Some("crm-1".into()),
+            email_verified: true,
+            roles: vec!["user".into()],
+            disabled: true,
+            password_hash: Some("$argon2id$secret".into()),
+            mfa: None,
+            created_at: 0,
+            updated_at: 1000,
+        };
+        let v = serde_json::to_value(admin_user_view(&user)).unwrap();
+        assert_eq!(v["email"], "a@example.com");
+        assert_eq!(v["disabled"], true);
+        assert_eq!(v["external_id"], "crm-1");
+        assert_eq!(v["updated_at"], "1970-01-01T00:00:01Z");
+        assert!(!v.to_string().contains("argon2"));
+        let b: Result<AdminUserBody, _> = serde_json::from_str(r#"{"role": ["admin"]}"#);
+        assert!(b.is_err(), "unknown fields are refused");
     }
 
     #[test]

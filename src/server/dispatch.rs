@@ -134,7 +134,7 @@ pub async fn handle(
 
 async fn route_and_serve(
     shared: &Shared,
-    accounts: &Accounts,
+    accounts: &Arc<Accounts>,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     path: &str,
@@ -145,7 +145,9 @@ async fn route_and_serve(
         return Err(ApiError::HeadersTooLarge { limit });
     }
     if endpoints::is_own_endpoint(&snapshot.config, path) {
-        return endpoints::handle(accounts, snapshot, ctx, path, req).await;
+        // Boxed: the account API's future is large, and inline it would be part of (and be
+        // copied with) every proxied request's future.
+        return Box::pin(endpoints::handle(accounts, snapshot, ctx, path, req)).await;
     }
     let raw_host = req
         .headers()

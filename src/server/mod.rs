@@ -69,16 +69,22 @@ impl Gateway {
         let proxy = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
         let store_cfg = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || crate::state::open_store(&store_cfg))
-            .await
-            .map_err(|e| crate::store::StoreError::Internal(e.to_string()))??;
+        let store = crate::state::open_store(&store_cfg).await?;
         let accounts =
             Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
         accounts.warm_up().await?;
+        // Other replicas' revocations reach this one's cache (SPEC section 7).
+        if let Some(mut invalidations) = store.invalidations() {
+            let accounts = accounts.clone();
+            tokio::spawn(async move {
+                while let Some(what) = invalidations.recv().await {
+                    accounts.authenticator().cache().apply(&what).await;
+                }
+            });
+        }
         let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
         let mailer = crate::mail::Mailer::start(&config.accounts.email, shared.metrics.clone())
             .map_err(|e| ServerError::Mail(e.to_string()))?;
-        tracing::info!(target: "gatehouse::mail", backend = mailer.backend(), "mailer ready");
         accounts.set_mailer(Arc::new(mailer));
         let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             config, &shared, None,
@@ -174,6 +180,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     });
     tokio::spawn(reload::run(
         gateway.shared.clone(),
+        gateway.accounts.clone(),
         gateway.live.clone(),
         path,
         tick_rx,
@@ -267,7 +274,8 @@ async fn purge_expired(store: Arc<dyn crate::store::Store>) {
     }
 }
 
-/// How often idle rate-limit buckets are dropped and API key uses written to the store.
+/// How often idle rate-limit buckets are dropped and API key and session uses written to the
+/// store.
 const MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn maintenance(accounts: Arc<Accounts>, live: LiveSnapshot) {
@@ -279,6 +287,9 @@ async fn maintenance(accounts: Arc<Accounts>, live: LiveSnapshot) {
         // `last_used_at` is batched here rather than written on every request.
         if let Err(e) = accounts.authenticator().cache().flush_api_key_uses().await {
             tracing::warn!(target: "gatehouse::store", error = %e, "cannot record API key uses; will retry");
+        }
+        if let Err(e) = accounts.authenticator().cache().flush_session_uses().await {
+            tracing::warn!(target: "gatehouse::store", error = %e, "cannot record session uses; will retry");
         }
     }
 }

@@ -9,18 +9,43 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::accounts::Accounts;
 use crate::config::{self, ConfigError};
+use crate::mail::Mailer;
 use crate::metrics::ReloadResult;
 use crate::state::{LiveSnapshot, Shared, Snapshot};
 
 /// Events closer together than this are one reload (editors write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
-/// Re-reads `path` and swaps the snapshot in when it is valid.
-pub fn reload(shared: &Shared, live: &LiveSnapshot, path: &Path) -> Result<(), ConfigError> {
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The mail settings or templates of the new file do not build a mailer.
+    #[error("accounts.email: {0}")]
+    Mail(#[from] crate::mail::MailError),
+}
+
+/// Re-reads `path` and swaps the snapshot in when it is valid. The mailer is rebuilt from
+/// the new file too (its templates may have changed on disk even when the file did not);
+/// a mail setting that does not work refuses the whole reload.
+pub fn reload(
+    shared: &Shared,
+    accounts: &Accounts,
+    live: &LiveSnapshot,
+    path: &Path,
+) -> Result<(), ReloadError> {
     let old = live.load();
-    match config::load(path) {
-        Ok(new) => {
+    let loaded = config::load(path)
+        .map_err(ReloadError::from)
+        .and_then(|new| {
+            let mailer = Mailer::start(&new.accounts.email, shared.metrics.clone())?;
+            Ok((new, mailer))
+        });
+    match loaded {
+        Ok((new, mailer)) => {
             if new.listen != old.config.listen || new.admin_listen != old.config.admin_listen {
                 tracing::warn!(target: "gatehouse::reload", "listen addresses changed; they take effect after a restart");
             }
@@ -30,19 +55,17 @@ pub fn reload(shared: &Shared, live: &LiveSnapshot, path: &Path) -> Result<(), C
             let routes = new.routes.len();
             let previous = live.load_full();
             live.store(Arc::new(Snapshot::build(new, shared, Some(&previous))));
+            accounts.set_mailer(Arc::new(mailer));
             shared.metrics.reload(ReloadResult::success);
             tracing::info!(target: "gatehouse::reload", routes, "configuration reloaded");
             Ok(())
         }
         Err(err) => {
             shared.metrics.reload(ReloadResult::failure);
-            match &err {
-                ConfigError::Invalid(diags) => {
-                    for d in diags {
-                        tracing::error!(target: "gatehouse::reload", "{d}");
-                    }
+            if let ReloadError::Config(ConfigError::Invalid(diags)) = &err {
+                for d in diags {
+                    tracing::error!(target: "gatehouse::reload", "{d}");
                 }
-                ConfigError::Io { .. } => {}
             }
             tracing::error!(target: "gatehouse::reload", error = %err, "new configuration refused; keeping the running one");
             Err(err)
@@ -85,6 +108,7 @@ pub fn watch(
 /// Debounces ticks from [`watch`] and SIGHUP into reloads until the channel closes.
 pub async fn run(
     shared: Arc<Shared>,
+    accounts: Arc<Accounts>,
     live: LiveSnapshot,
     path: PathBuf,
     mut ticks: mpsc::Receiver<()>,
@@ -92,8 +116,8 @@ pub async fn run(
     while ticks.recv().await.is_some() {
         tokio::time::sleep(DEBOUNCE).await;
         while ticks.try_recv().is_ok() {}
-        let (s, l, p) = (shared.clone(), live.clone(), path.clone());
-        // Reading the file is blocking I/O: keep it off the runtime threads.
-        let _ = tokio::task::spawn_blocking(move || reload(&s, &l, &p)).await;
+        let (s, a, l, p) = (shared.clone(), accounts.clone(), live.clone(), path.clone());
+        // Reading the file and the templates is blocking I/O: keep it off the runtime threads.
+        let _ = tokio::task::spawn_blocking(move || reload(&s, &a, &l, &p)).await;
     }
 }

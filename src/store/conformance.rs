@@ -607,6 +607,31 @@ pub async fn sessions_lifecycle(store: Arc<dyn Store>) {
     assert_eq!(touched.last_used_at, now + 10 * HOUR);
     assert_not_found(store.touch_session(&new_id(), now).await);
 
+    // Batched uses: forward only, unknown ids skipped, several sessions in one call.
+    store
+        .record_session_use(&[
+            (s3.id.clone(), now + 5),
+            (new_id(), now + 7),
+            (s3.id.clone(), now + 4),
+            (s2.id.clone(), now + 3),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_session_use(&[(s1.id.clone(), now + HOUR)])
+        .await
+        .unwrap();
+    store.record_session_use(&[]).await.unwrap();
+    let last_used = |s: Option<Session>| s.unwrap().last_used_at;
+    assert_eq!(
+        (
+            last_used(store.get_session(&s1.id).await.unwrap()),
+            last_used(store.get_session(&s2.id).await.unwrap()),
+            last_used(store.get_session(&s3.id).await.unwrap()),
+        ),
+        (now + 10 * HOUR, now + 3, now + 5)
+    );
+
     let active = store.list_active_sessions(&u.id, now + 1).await.unwrap();
     let ids: Vec<&str> = active.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(
@@ -1255,6 +1280,35 @@ pub async fn one_time_tokens_single_use(store: Arc<dyn Store>) {
     assert_eq!(got.email.as_deref(), Some("invitee@example.com"));
     assert_eq!(got.payload, serde_json::json!({"roles": ["admin"]}));
     assert_eq!(got.user_id, None);
+
+    // A new invitation voids the older ones to that address (any spelling) and kind only.
+    let address = format!("again-{}@example.com", new_id());
+    let mut tokens = Vec::new();
+    for (kind, to) in [
+        (OneTimeKind::Invitation, address.to_uppercase()),
+        (OneTimeKind::Invitation, address.clone()),
+        (OneTimeKind::MagicLink, address.clone()),
+        (OneTimeKind::Invitation, format!("other-{address}")),
+    ] {
+        let mut t = one_time(kind, None, now);
+        t.email = Some(to);
+        store.create_one_time_token(&t).await.unwrap();
+        tokens.push(t);
+    }
+    assert_eq!(
+        store
+            .delete_one_time_tokens_for_email(&format!(" {address} "), OneTimeKind::Invitation)
+            .await
+            .unwrap(),
+        2
+    );
+    for (t, kept) in tokens.iter().zip([false, false, true, true]) {
+        let found = store
+            .get_one_time_token(&t.token_hash, t.kind, now)
+            .await
+            .unwrap();
+        assert_eq!(found.is_some(), kept, "{:?}", t.email);
+    }
 }
 
 /// Twenty concurrent uses of one token: exactly one wins.

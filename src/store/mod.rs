@@ -25,6 +25,7 @@
 //!   [`StoreError::NotFound`], as does creating a record that points at a missing user.
 
 pub mod conformance;
+pub mod redis;
 pub mod sqlite;
 
 use std::fmt;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use redis::{RedisOptions, RedisStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// Milliseconds since the Unix epoch.
@@ -510,6 +512,19 @@ pub struct OAuthIdentity {
     pub created_at: UnixMillis,
 }
 
+/// A change every replica must evict from its cache (SPEC section 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The user changed (roles, disabled, deleted, ...).
+    User(String),
+    /// The session was revoked.
+    Session(String),
+    /// The API key with this hash was revoked or deleted.
+    ApiKey(TokenHash),
+    /// Everything: the channel was interrupted and messages may have been missed.
+    All,
+}
+
 /// What [`Store::purge_expired`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeCounts {
@@ -583,6 +598,9 @@ pub trait Store: Send + Sync {
     async fn is_session_revoked(&self, id: &str, now: UnixMillis) -> Result<bool, StoreError>;
     /// Records a use: `last_used_at = max(last_used_at, now)`. `NotFound` if unknown.
     async fn touch_session(&self, id: &str, now: UnixMillis) -> Result<(), StoreError>;
+    /// Flushes a batch of `(session id, used at)` in one write: `last_used_at` only moves
+    /// forward; unknown ids (deleted meanwhile) are skipped.
+    async fn record_session_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError>;
     /// The user's sessions that are active at `now`, most recently used first.
     async fn list_active_sessions(
         &self,
@@ -709,6 +727,15 @@ pub trait Store: Send + Sync {
         kind: OneTimeKind,
     ) -> Result<u64, StoreError>;
 
+    /// Deletes the unused tokens of a kind sent to this email (normalised before the
+    /// comparison), whoever they act for: a new invitation voids older ones to the same
+    /// address. Returns how many.
+    async fn delete_one_time_tokens_for_email(
+        &self,
+        email: &str,
+        kind: OneTimeKind,
+    ) -> Result<u64, StoreError>;
+
     // ---- OAuth identities ----
 
     /// Links an identity to its user. `Conflict { OAuthIdentity }` if the (provider,
@@ -730,6 +757,21 @@ pub trait Store: Send + Sync {
         provider: &str,
         subject: &str,
     ) -> Result<(), StoreError>;
+
+    // ---- invalidation across replicas ----
+
+    /// Tells every replica (this one included) to evict `what`. A store only one process
+    /// uses has no one to tell.
+    async fn publish_invalidation(&self, what: &Invalidation) -> Result<(), StoreError> {
+        let _ = what;
+        Ok(())
+    }
+
+    /// The invalidations published by any replica, with [`Invalidation::All`] after the
+    /// channel was interrupted; `None` for a store only one process uses. Call once.
+    fn invalidations(&self) -> Option<tokio::sync::mpsc::Receiver<Invalidation>> {
+        None
+    }
 
     // ---- housekeeping ----
 

@@ -1121,6 +1121,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_session_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let uses = uses.to_vec();
+        self.write(move |conn| {
+            // One transaction for the batch: one fsync instead of one per session.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE sessions SET last_used_at = max(last_used_at, ?2) WHERE id = ?1",
+                )?;
+                for (id, at) in &uses {
+                    stmt.execute(params![id, at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn record_api_key_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
@@ -1406,6 +1428,24 @@ impl Store for SqliteStore {
             let n = conn.execute(
                 "DELETE FROM one_time_tokens WHERE user_id = ?1 AND kind = ?2",
                 params![user_id, kind.as_str()],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn delete_one_time_tokens_for_email(
+        &self,
+        email: &str,
+        kind: OneTimeKind,
+    ) -> Result<u64, StoreError> {
+        let email = normalize_email(email);
+        self.write(move |conn| {
+            // No index on `email`: the table holds only live links and is purged of expired
+            // ones, and this runs once per invitation.
+            let n = conn.execute(
+                "DELETE FROM one_time_tokens WHERE email = ?1 AND kind = ?2",
+                params![email, kind.as_str()],
             )?;
             Ok(n as u64)
         })

@@ -704,12 +704,22 @@ async fn partner_registration_is_admin_only_and_idempotent() {
     )
     .await;
     assert_eq!((a.status, code(&a).as_str()), (404, "not_found"));
-    // Overlapping prefix and suffix (an empty id) is a plain 404, not a crash.
+    // Overlapping prefix and suffix (an empty id) is not a crash: the path reads as the user
+    // `/admin/users/{id}` with the id "api-keys", which has no POST (405) and no such user
+    // (404).
     let a = send_json(
         "POST",
         &gw.url("/auth/admin/users/api-keys"),
         Some(&admin),
         &json!({"name": "x"}),
+    )
+    .await;
+    assert_eq!((a.status, code(&a).as_str()), (405, "method_not_allowed"));
+    let a = send_json(
+        "GET",
+        &gw.url("/auth/admin/users/api-keys"),
+        Some(&admin),
+        &Value::Null,
     )
     .await;
     assert_eq!((a.status, code(&a).as_str()), (404, "not_found"));

@@ -23,16 +23,16 @@ fn code(a: &Answer) -> String {
 /// One delivered message, decoded by Python's `email` package (independent of the
 /// gateway's MIME writer).
 #[derive(Debug, Clone)]
-struct Mail {
-    to: String,
-    subject: String,
-    text: String,
-    html: String,
+pub(crate) struct Mail {
+    pub(crate) to: String,
+    pub(crate) subject: String,
+    pub(crate) text: String,
+    pub(crate) html: String,
 }
 
 impl Mail {
     /// The token of the first `...?token=` link in the text part.
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         let at = self.text.find("token=").expect("a link with a token") + "token=".len();
         self.text[at..]
             .chars()
@@ -42,7 +42,7 @@ impl Mail {
 }
 
 /// Every `.eml`/message file in `dir`, oldest first.
-fn read_mails(dir: &Path) -> Vec<Mail> {
+pub(crate) fn read_mails(dir: &Path) -> Vec<Mail> {
     let script = r#"
 import email, email.policy, json, os, sys
 d = sys.argv[1]
@@ -81,7 +81,7 @@ print(json.dumps(out))
 }
 
 /// Waits until `dir` holds `n` messages (delivery is queued, never inline).
-async fn wait_mails(dir: &Path, n: usize) -> Vec<Mail> {
+pub(crate) async fn wait_mails(dir: &Path, n: usize) -> Vec<Mail> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mails = read_mails(dir);
@@ -129,6 +129,11 @@ async fn verify_and_reset(gw: &Gateway, mailbox: &Path) {
     // Single use.
     let again = post(gw, "/auth/verify-email", None, json!({"token": token})).await;
     assert_eq!((again.status, code(&again)), (401, "invalid_token".into()));
+    // A proven address of a new account gets its welcome, once.
+    let mails = wait_mails(mailbox, 2).await;
+    assert!(mails[1].to.contains("ada@example.com"), "{:?}", mails[1]);
+    assert!(mails[1].subject.starts_with("Welcome"), "{:?}", mails[1]);
+    assert!(mails[1].text.contains("Ada"), "{:?}", mails[1]);
 
     // Forgot-password: the same answer for a known and an unknown address; one mail.
     let known = post(
@@ -147,8 +152,8 @@ async fn verify_and_reset(gw: &Gateway, mailbox: &Path) {
     .await;
     assert_eq!((known.status, &known.body), (202, &unknown.body));
     assert_eq!(unknown.status, 202);
-    let mails = wait_mails(mailbox, 2).await;
-    let reset = &mails[1];
+    let mails = wait_mails(mailbox, 3).await;
+    let reset = &mails[2];
     assert!(reset.to.contains("ada@example.com"));
     assert!(reset.subject.starts_with("Reset your"), "{reset:?}");
     let token = reset.token();
@@ -204,15 +209,15 @@ async fn verify_and_reset(gw: &Gateway, mailbox: &Path) {
     )
     .await;
     assert_eq!(new.status, 200, "{:?}", new.body);
-    let mails = wait_mails(mailbox, 3).await;
-    assert!(mails[2].to.contains("ada@example.com"));
+    let mails = wait_mails(mailbox, 4).await;
+    assert!(mails[3].to.contains("ada@example.com"));
     assert!(
-        mails[2].subject.contains("password was changed"),
+        mails[3].subject.contains("password was changed"),
         "{:?}",
-        mails[2]
+        mails[3]
     );
     assert!(
-        !mails[2].text.contains("token="),
+        !mails[3].text.contains("token="),
         "the notice carries no link"
     );
 }
@@ -365,6 +370,63 @@ async fn a_reset_link_works_exactly_once_under_concurrency() {
         statuses.iter().all(|s| *s == 204 || *s == 401),
         "{statuses:?}"
     );
+}
+
+/// A reload rebuilds the mailer: new settings and edited templates take effect without a
+/// restart; a template that does not parse refuses the reload and the running mailer stays.
+#[tokio::test]
+async fn a_reload_rebuilds_the_mailer() {
+    const BASE: &str = "tokens: { issuer: http://gatehouse.test }\nrate_limits: { email: { requests: 100, per: 1h } }\n";
+    let gw = Gateway::start(BASE);
+    let reg = post(
+        &gw,
+        "/auth/register",
+        None,
+        json!({"email": "hedy@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(reg.status, 201);
+    wait_mails(&gw.dir.path().join("data/outbox"), 1).await;
+
+    let templates = gw.dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(
+        templates.join("reset_password.subject.txt"),
+        "Your {{app_name}} reset link (edited)",
+    )
+    .unwrap();
+    let other = gw.dir.path().join("other-outbox");
+    gw.rewrite_config(&format!(
+        "{BASE}accounts:\n  email: {{ outbox_dir: {}, templates_dir: {} }}\n",
+        other.display(),
+        templates.display()
+    ));
+    gw.signal("HUP");
+    assert!(gw.wait_log("configuration reloaded", Duration::from_secs(5)));
+    let forgot = json!({"email": "hedy@example.com"});
+    assert_eq!(
+        post(&gw, "/auth/forgot-password", None, forgot.clone())
+            .await
+            .status,
+        202
+    );
+    let mails = wait_mails(&other, 1).await;
+    assert_eq!(mails[0].subject, "Your Gatehouse reset link (edited)");
+
+    // A template naming a placeholder that does not exist: refused, the old mailer goes on.
+    std::fs::write(templates.join("reset_password.txt"), "{{no_such_thing}}").unwrap();
+    gw.signal("HUP");
+    assert!(gw.wait_log("new configuration refused", Duration::from_secs(5)));
+    assert!(gw.stderr().contains("no_such_thing"), "{}", gw.stderr());
+    assert_eq!(
+        post(&gw, "/auth/forgot-password", None, forgot)
+            .await
+            .status,
+        202
+    );
+    let mails = wait_mails(&other, 2).await;
+    assert_eq!(mails[1].subject, "Your Gatehouse reset link (edited)");
+    assert!(mails[1].text.contains("token="), "{:?}", mails[1]);
 }
 
 /// `require_email_verification`: sign-up gives no session, login is refused until the

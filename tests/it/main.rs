@@ -3,15 +3,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounts;
+mod admin;
 mod architecture;
 mod auth;
 mod check;
 mod forward_auth;
+mod invitations;
 mod lifecycle;
 mod oauth;
 mod operations;
 mod protocols;
 mod proxy;
+mod replicas;
+mod sessions;
 mod streaming;
 mod support;
 mod trusted;

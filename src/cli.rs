@@ -249,7 +249,8 @@ async fn run_store_command(cfg: &config::Config, cmd: StoreCommand) -> Result<St
     use crate::endpoints::{unix_now, wire::user_view};
 
     let store_cfg = cfg.store.clone();
-    let store = crate::state::open_store(&store_cfg)
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let store = crate::state::open_store(&store_cfg, &metrics)
         .await
         .map_err(|e| e.to_string())?;
     let accounts = Accounts::start(store, cfg, unix_now())

@@ -123,6 +123,37 @@ pub struct Metrics {
     /// A growing value means tokens are checked against stale keys (stale-if-error).
     pub jwks_age: Family<IssuerLabel, Gauge<f64, AtomicU64>>,
     mail: Family<MailLabels, Counter>,
+    store_latency: Histogram,
+    store_errors: Family<StoreErrorLabels, Counter>,
+    store_reconnects: Family<StoreLinkLabels, Counter>,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum StoreErrorKind {
+    /// Unreachable, refused, timed out: answered 503 `store_unavailable`.
+    unavailable,
+    /// Anything else (a bug, bad data).
+    internal,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    pub kind: StoreErrorKind,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum StoreLink {
+    /// The connection commands go through.
+    commands,
+    /// The subscription that carries cache invalidations between replicas.
+    invalidations,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLinkLabels {
+    pub link: StoreLink,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,8 +245,32 @@ impl Metrics {
             "Outgoing mail, by result (sent, failed, dropped)",
             mail.clone(),
         );
+        // 50 µs .. ~3 s: a Redis round trip on loopback is about 30 µs.
+        let store_latency = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.5, 13),
+        );
+        registry.register(
+            "store_request_duration_seconds",
+            "Time of one request to a networked store (Redis), errors included",
+            store_latency.clone(),
+        );
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Failed requests to a networked store, by kind",
+            store_errors.clone(),
+        );
+        let store_reconnects = Family::<StoreLinkLabels, Counter>::default();
+        registry.register(
+            "store_reconnects",
+            "Times a networked store became reachable again after a failure, by link",
+            store_reconnects.clone(),
+        );
         Metrics {
             registry,
+            store_latency,
+            store_errors,
+            store_reconnects,
             requests,
             latency,
             upstream_errors,
@@ -270,6 +325,22 @@ impl Metrics {
 
     pub fn mail(&self, result: MailResult) {
         self.mail.get_or_create(&MailLabels { result }).inc();
+    }
+
+    pub fn store_request(&self, seconds: f64) {
+        self.store_latency.observe(seconds);
+    }
+
+    pub fn store_error(&self, kind: StoreErrorKind) {
+        self.store_errors
+            .get_or_create(&StoreErrorLabels { kind })
+            .inc();
+    }
+
+    pub fn store_reconnect(&self, link: StoreLink) {
+        self.store_reconnects
+            .get_or_create(&StoreLinkLabels { link })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -21,7 +21,10 @@ use rustls::pki_types::pem::PemObject;
 
 /// Opens the store the config names: the SQLite file (on the blocking pool: file I/O and
 /// migrations), or a connection to Redis (the first connection must succeed).
-pub async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open_store(
+    cfg: &StoreConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Store>, StoreError> {
     match cfg {
         StoreConfig::Sqlite { path } => {
             let path = path.clone();
@@ -31,7 +34,9 @@ pub async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError>
             Ok(Arc::new(store))
         }
         StoreConfig::Redis { url, cluster } => Ok(Arc::new(
-            RedisStore::connect(&RedisOptions::new(url.clone(), *cluster)).await?,
+            RedisStore::connect(&RedisOptions::new(url.clone(), *cluster))
+                .await?
+                .with_metrics(Arc::clone(metrics)),
         )),
     }
 }

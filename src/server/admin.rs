@@ -43,17 +43,26 @@ pub async fn handle(
                 Err(_) => Err(format!("no answer within {READY_TIMEOUT:?}")),
             };
             let snapshot = live.load();
+            // A shared store that is down is down for every replica: taking them all out of
+            // the load balancer would also stop what still works without it (public
+            // routes, cached credentials), so such a replica reports itself degraded.
+            let degraded = store.is_err() && shared.store.is_shared();
+            let status = match (store.is_ok(), degraded) {
+                (true, _) => "ready",
+                (false, true) => "degraded",
+                (false, false) => "not_ready",
+            };
             let body = serde_json::json!({
-                "status": if store.is_ok() { "ready" } else { "not_ready" },
+                "status": status,
                 "config": snapshot.config.source.display().to_string(),
                 "routes": snapshot.routes.len(),
                 "store": {
                     "kind": shared.store.kind(),
                     "ok": store.is_ok(),
-                    "error": store.err(),
+                    "error": store.as_ref().err(),
                 },
             });
-            let status = if body["store"]["ok"] == true {
+            let status = if store.is_ok() || degraded {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -69,7 +69,8 @@ impl Gateway {
         let proxy = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
         let store_cfg = config.store.clone();
-        let store = crate::state::open_store(&store_cfg).await?;
+        let metrics = Arc::new(Metrics::new());
+        let store = crate::state::open_store(&store_cfg, &metrics).await?;
         let accounts =
             Arc::new(Accounts::start(store.clone(), &config, crate::endpoints::unix_now()).await?);
         accounts.warm_up().await?;
@@ -82,7 +83,7 @@ impl Gateway {
                 }
             });
         }
-        let shared = Arc::new(Shared::new(Arc::new(Metrics::new()), store));
+        let shared = Arc::new(Shared::new(metrics, store));
         let mailer = crate::mail::Mailer::start(&config.accounts.email, shared.metrics.clone())
             .map_err(|e| ServerError::Mail(e.to_string()))?;
         accounts.set_mailer(Arc::new(mailer));

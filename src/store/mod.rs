@@ -553,6 +553,12 @@ pub trait Store: Send + Sync {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Whether several gateway processes share this store over the network (Redis): its
+    /// outage hits every replica alike, so it does not make one of them unready.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     // ---- users ----
 
     /// Stores a new user. `Conflict` on a taken id, email (normalised), username or

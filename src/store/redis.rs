@@ -33,20 +33,24 @@
 //! expired records are removed by [`Store::purge_expired`], not by Redis TTLs.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
-
-use futures_util::StreamExt;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
     ApiKey, ApiKeyKind, ConflictField, Invalidation, MAX_PAGE, OAuthIdentity, OneTimeKind,
     OneTimeToken, PurgeCounts, RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError,
     TokenHash, UnixMillis, User, UserPage, UserPatch, UserQuery, normalize_email,
 };
+use crate::metrics::{Metrics, StoreErrorKind, StoreLink};
+
+const LOG: &str = "gatehouse::store";
 
 /// Connection settings of the Redis backend (plain data; the config layer fills it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +137,10 @@ pub struct RedisStore {
     /// the node holding every key they touch.
     anchor: String,
     scripts: Scripts,
+    metrics: Option<Arc<Metrics>>,
+    /// Whether the last request failed for want of a connection (to log and count the
+    /// transitions, not every failure).
+    down: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -213,9 +221,62 @@ impl RedisStore {
             prefix: options.prefix.clone(),
             anchor: format!("{}anchor", options.prefix),
             scripts: Scripts::new(),
+            metrics: None,
+            down: AtomicBool::new(false),
         };
         store.ping().await?;
         Ok(store)
+    }
+
+    /// Reports request latency, errors and reconnections to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> RedisStore {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Awaits one request to Redis, timing it and noting whether the store went down or
+    /// came back.
+    async fn observe<T>(
+        &self,
+        request: impl std::future::Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = request.await;
+        if let Some(m) = &self.metrics {
+            m.store_request(started.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok(v) => {
+                if self.down.swap(false, Ordering::AcqRel) {
+                    tracing::info!(target: LOG, "redis reachable again");
+                    if let Some(m) = &self.metrics {
+                        m.store_reconnect(StoreLink::commands);
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let err = map_err(e);
+                let kind = match &err {
+                    StoreError::Unavailable(why) => {
+                        if !self.down.swap(true, Ordering::AcqRel) {
+                            tracing::warn!(target: LOG, error = %why, "redis unreachable: requests that need the store get 503 until it is back");
+                        }
+                        StoreErrorKind::unavailable
+                    }
+                    _ => StoreErrorKind::internal,
+                };
+                if let Some(m) = &self.metrics {
+                    m.store_error(kind);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.observe(cmd.query_async(&mut conn)).await
     }
 
     /// Runs `script` with the prefix as `ARGV[1]` followed by `args`.
@@ -229,7 +290,7 @@ impl RedisStore {
             };
         }
         let mut conn = self.conn.clone();
-        invocation.invoke_async(&mut conn).await.map_err(map_err)
+        self.observe(invocation.invoke_async(&mut conn)).await
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -237,12 +298,9 @@ impl RedisStore {
     }
 
     async fn hgetall(&self, suffix: &str) -> Result<Option<Fields>, StoreError> {
-        let mut conn = self.conn.clone();
-        let v: Value = redis::cmd("HGETALL")
-            .arg(self.key(suffix))
-            .query_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let v: Value = self
+            .query(redis::cmd("HGETALL").arg(self.key(suffix)))
+            .await?;
         let f = Fields::from_value(&v)?;
         Ok((!f.is_empty()).then_some(f))
     }
@@ -1195,8 +1253,12 @@ fn decode(message: &str) -> Option<Invalidation> {
 /// Subscribes to the invalidation channel and forwards what arrives, for as long as `tx`
 /// has a receiver. A lost subscription is re-made with backoff, and because messages may
 /// have been missed meanwhile, [`Invalidation::All`] is sent once it is back.
-async fn subscribe(url: String, channel: String, tx: tokio::sync::mpsc::Sender<Invalidation>) {
-    const LOG: &str = "gatehouse::store";
+async fn subscribe(
+    url: String,
+    channel: String,
+    tx: tokio::sync::mpsc::Sender<Invalidation>,
+    metrics: Option<Arc<Metrics>>,
+) {
     let mut delay = Duration::from_millis(100);
     let mut interrupted = false;
     while !tx.is_closed() {
@@ -1211,6 +1273,9 @@ async fn subscribe(url: String, channel: String, tx: tokio::sync::mpsc::Sender<I
             Ok(mut pubsub) => {
                 if interrupted {
                     tracing::info!(target: LOG, "invalidation channel back; flushing the cache");
+                    if let Some(m) = &metrics {
+                        m.store_reconnect(StoreLink::invalidations);
+                    }
                     if tx.send(Invalidation::All).await.is_err() {
                         return;
                     }
@@ -1248,12 +1313,12 @@ impl Store for RedisStore {
         "redis"
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: Value = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let _: Value = self.query(&redis::cmd("PING")).await?;
         Ok(())
     }
 
@@ -1479,14 +1544,14 @@ impl Store for RedisStore {
     }
 
     async fn is_session_revoked(&self, id: &str, now: UnixMillis) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let (revoked, expires): (Option<String>, Option<i64>) = redis::cmd("HMGET")
-            .arg(self.key(&format!("s:{id}")))
-            .arg("revoked_at")
-            .arg("expires_at")
-            .query_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let (revoked, expires): (Option<String>, Option<i64>) = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.key(&format!("s:{id}")))
+                    .arg("revoked_at")
+                    .arg("expires_at"),
+            )
+            .await?;
         Ok(revoked.is_some() || expires.is_none_or(|e| e <= now))
     }
 
@@ -1959,19 +2024,20 @@ impl Store for RedisStore {
     // ---- invalidation across replicas ----
 
     async fn publish_invalidation(&self, what: &Invalidation) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: Value = redis::cmd("PUBLISH")
-            .arg(&self.channel)
-            .arg(encode(what))
-            .query_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let _: Value = self
+            .query(redis::cmd("PUBLISH").arg(&self.channel).arg(encode(what)))
+            .await?;
         Ok(())
     }
 
     fn invalidations(&self) -> Option<tokio::sync::mpsc::Receiver<Invalidation>> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(subscribe(self.url.clone(), self.channel.clone(), tx));
+        tokio::spawn(subscribe(
+            self.url.clone(),
+            self.channel.clone(),
+            tx,
+            self.metrics.clone(),
+        ));
         Some(rx)
     }
 

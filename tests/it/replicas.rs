@@ -231,3 +231,121 @@ async fn revocations_reach_the_other_replica() {
         "a deleted account's token still works on the other replica"
     );
 }
+
+/// redis-server killed under two replicas: credentials they have cached keep working,
+/// anything that needs the store gets 503 `store_unavailable`; once it is back (same data:
+/// it was acknowledged), both recover without a restart, invalidations included.
+#[tokio::test]
+async fn a_redis_outage_and_recovery() {
+    let mut redis = RedisServer::start_durable();
+    let echo = Echo::start();
+    let a = replica(&redis, &echo);
+    let b = replica(&redis, &echo);
+
+    let reg = post(
+        &a,
+        "/auth/register",
+        None,
+        json!({"email": "kay@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(reg.status, 201, "{:?}", reg.body);
+    let token = reg.json()["access_token"].as_str().unwrap().to_owned();
+    let mut keys = Vec::new();
+    for name in ["used", "unused"] {
+        let k = post(
+            &a,
+            "/auth/api-keys",
+            Some(&token),
+            json!({"name": name, "kind": "secret"}),
+        )
+        .await;
+        assert_eq!(k.status, 201, "{:?}", k.body);
+        keys.push(k.json());
+    }
+    let used = keys[0]["key"].as_str().unwrap().to_owned();
+    let unused = keys[1]["key"].as_str().unwrap().to_owned();
+    for gw in [&a, &b] {
+        assert_eq!(get(gw, "/req/x", &[("x-api-key", &used)]).await.status, 200);
+    }
+
+    redis.kill();
+    for gw in [&a, &b] {
+        let cached = get(gw, "/req/x", &[("x-api-key", &used)]).await;
+        assert_eq!(
+            cached.status, 200,
+            "a cached key during the outage: {:?}",
+            cached.body
+        );
+        let uncached = get(gw, "/req/x", &[("x-api-key", &unused)]).await;
+        assert_eq!(uncached.status, 503, "{:?}", uncached.body);
+        assert_eq!(uncached.json()["code"], "store_unavailable");
+        let login = post(
+            gw,
+            "/auth/login",
+            None,
+            json!({"email": "kay@example.com", "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(login.status, 503, "{:?}", login.body);
+        assert_eq!(login.json()["code"], "store_unavailable");
+    }
+    // Degraded, not unready: every replica shares the outage, and taking them all out of
+    // the load balancer would stop what still works.
+    let ready = send("GET", &a.admin_url("/readyz"), &[], crate::support::empty()).await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    assert_eq!(ready.json()["status"], "degraded");
+    assert_eq!(ready.json()["store"]["ok"], false, "{:?}", ready.body);
+
+    redis.restart();
+    let within = std::time::Duration::from_secs(10);
+    for gw in [&a, &b] {
+        let got = eventually(within, 200, || async {
+            get(gw, "/req/x", &[("x-api-key", &unused)]).await.status
+        })
+        .await;
+        assert_eq!(got, 200, "the replica did not recover");
+        let login = post(
+            gw,
+            "/auth/login",
+            None,
+            json!({"email": "kay@example.com", "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(login.status, 200, "{:?}", login.body);
+    }
+    // The subscription is back too: a revocation on A reaches B's cache. (B re-subscribes
+    // with backoff, and flushes its cache when it does, so allow for both.)
+    let revoked = send(
+        "DELETE",
+        &a.url(&format!(
+            "/auth/api-keys/{}",
+            keys[0]["id"].as_str().unwrap()
+        )),
+        &[("authorization", &format!("Bearer {token}"))],
+        crate::support::empty(),
+    )
+    .await;
+    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+    let got = eventually(within, 401, || async {
+        get(&b, "/req/x", &[("x-api-key", &used)]).await.status
+    })
+    .await;
+    assert_eq!(got, 401, "a revocation after the outage did not reach B");
+    let metrics = send(
+        "GET",
+        &b.admin_url("/metrics"),
+        &[],
+        crate::support::empty(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("gatehouse_store_errors_total{kind=\"unavailable\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gatehouse_store_reconnects_total{link=\"commands\"} 1"),
+        "{text}"
+    );
+}

@@ -81,6 +81,8 @@ pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
 /// counted against an optional limit.
 #[derive(Debug)]
 pub struct ReqBody {
+    /// A whole body made by the gateway itself (its own outbound requests), sent as one frame.
+    full: Option<Bytes>,
     slot: Option<BodySlot>,
     inner: Option<Incoming>,
     limit: Option<u64>,
@@ -92,6 +94,7 @@ impl ReqBody {
     /// An empty body (requests without one, or a retry of a body-less request).
     pub fn empty() -> Self {
         ReqBody {
+            full: None,
             slot: None,
             inner: None,
             limit: None,
@@ -100,9 +103,23 @@ impl ReqBody {
         }
     }
 
+    /// A body the gateway made itself (a form it posts to an identity provider).
+    pub fn full(data: Bytes) -> Self {
+        let end = data.is_empty();
+        ReqBody {
+            full: Some(data).filter(|d| !d.is_empty()),
+            slot: None,
+            inner: None,
+            limit: None,
+            seen: 0,
+            end,
+        }
+    }
+
     /// Wraps the client's (non-empty) body; empty ones go upstream as [`ReqBody::empty`].
     pub fn new(slot: BodySlot, limit: Option<u64>) -> Self {
         ReqBody {
+            full: None,
             slot: Some(slot),
             inner: None,
             limit,
@@ -121,6 +138,10 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(data) = this.full.take() {
+            this.end = true;
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         if this.inner.is_none() {
             let Some(slot) = this.slot.take() else {
                 return Poll::Ready(None);
@@ -164,6 +185,9 @@ impl Body for ReqBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(data) = &self.full {
+            return SizeHint::with_exact(data.len() as u64);
+        }
         match &self.inner {
             Some(b) => b.size_hint(),
             None if self.end => SizeHint::with_exact(0),

@@ -101,8 +101,29 @@ impl Outbound {
     }
 
     /// `GET url` with `Accept: application/json`; the body is read whole, at most
-    /// `max_bytes`.
+    /// `max_bytes`. An answer that is not 2xx is [`OutboundError::Status`].
     pub async fn get_json(&self, url: &str, max_bytes: usize) -> Result<Fetched, OutboundError> {
+        let fetched = self
+            .send(Method::GET, url, HeaderMap::new(), None, max_bytes)
+            .await?;
+        if !fetched.status.is_success() {
+            return Err(OutboundError::Status(fetched.status));
+        }
+        Ok(fetched)
+    }
+
+    /// `method url` with `Accept: application/json`, the caller's `headers` and, when given,
+    /// `body` (its `Content-Type` is the caller's to set); the answer's body is read whole,
+    /// at most `max_bytes`, whatever its status (an OAuth token endpoint explains a refusal
+    /// in a 400 body). The whole exchange has the deadline.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        max_bytes: usize,
+    ) -> Result<Fetched, OutboundError> {
         let invalid = || OutboundError::InvalidUrl(url.to_owned());
         let uri: Uri = url.parse().map_err(|_| invalid())?;
         let https = match uri.scheme_str() {
@@ -115,21 +136,23 @@ impl Outbound {
         let authority = uri.authority().ok_or_else(invalid)?.as_str();
         let host_header = HeaderValue::from_str(authority).map_err(|_| invalid())?;
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let req = Request::builder()
-            .method(Method::GET)
+        let mut req = Request::builder()
+            .method(method)
             .uri(path)
             .header(header::HOST, host_header)
             .header(header::ACCEPT, "application/json")
-            .header(header::USER_AGENT, USER_AGENT)
-            .body(ReqBody::empty())
+            .header(header::USER_AGENT, USER_AGENT);
+        if let Some(body) = &body {
+            req = req.header(header::CONTENT_LENGTH, body.len());
+        }
+        let mut req = req
+            .body(body.map_or_else(ReqBody::empty, ReqBody::full))
             .map_err(|_| invalid())?;
+        req.headers_mut().extend(headers);
         let pool = self.pool(https, host, port);
         let exchange = async {
             let resp = pool.send(req).await?;
             let (parts, body) = resp.into_parts();
-            if !parts.status.is_success() {
-                return Err(OutboundError::Status(parts.status));
-            }
             let body = Limited::new(body, max_bytes)
                 .collect()
                 .await
@@ -218,6 +241,57 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn posts_a_body_and_reads_a_refusal() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("code=abc") {
+                let n = conn.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+            let answer = "HTTP/1.1 400 Bad Request\r\ncontent-length: 25\r\nconnection: close\r\n\r\n{\"error\":\"invalid_grant\"}";
+            conn.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let got = Outbound::new(Duration::from_secs(2))
+            .send(
+                Method::POST,
+                &format!("http://{addr}/token"),
+                headers,
+                Some(Bytes::from_static(
+                    b"grant_type=authorization_code&code=abc",
+                )),
+                1024,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.status, StatusCode::BAD_REQUEST);
+        assert_eq!(&got.body[..], b"{\"error\":\"invalid_grant\"}");
+        let request = rx.await.unwrap();
+        assert!(request.starts_with("POST /token HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.to_ascii_lowercase().contains("content-length: 38"),
+            "{request}"
+        );
+        assert!(
+            request.contains("application/x-www-form-urlencoded"),
+            "{request}"
+        );
     }
 
     #[tokio::test]

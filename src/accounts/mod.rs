@@ -14,6 +14,7 @@ pub mod admin;
 pub mod invitations;
 pub mod lifecycle;
 pub mod mfa;
+pub mod oauth;
 pub mod sessions;
 pub mod validate;
 
@@ -116,6 +117,19 @@ pub enum AccountError {
     /// The stored MFA state cannot be read or written.
     #[error(transparent)]
     Mfa(#[from] mfa::MfaError),
+    /// An OAuth provider flow failed (unreachable provider, refused code, bad ID token).
+    #[error(transparent)]
+    OAuth(#[from] crate::oauth::OAuthError),
+    /// An OAuth callback whose `state` is missing from this browser, unknown, used, expired
+    /// or of another provider.
+    #[error("invalid OAuth state: {0}")]
+    OAuthState(&'static str),
+    /// The provider sent the user back with an error (`access_denied`, ...).
+    #[error("the provider answered {0}")]
+    OAuthDenied(String),
+    /// Unlinking would leave the account without a way to sign in.
+    #[error("the account's only way to sign in")]
+    LastSignInMethod,
 }
 
 impl From<AuthError> for AccountError {
@@ -272,6 +286,8 @@ pub struct Accounts {
     /// Set once by the server; CLI commands run without one (no mail is sent).
     /// Swapped whole when a reload changes the mail settings or templates.
     mailer: arc_swap::ArcSwapOption<crate::mail::Mailer>,
+    /// OAuth/OIDC providers: discovery and JWKS caches (`accounts::oauth`).
+    oauth: crate::oauth::Client,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -318,6 +334,9 @@ impl Accounts {
             register_limiter: WindowCounter::new(),
             email_limiter: WindowCounter::new(),
             mailer: arc_swap::ArcSwapOption::empty(),
+            oauth: crate::oauth::Client::new(Arc::new(crate::outbound::Outbound::new(
+                crate::oauth::FETCH_TIMEOUT,
+            ))),
         }
     }
 

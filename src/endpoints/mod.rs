@@ -7,6 +7,7 @@
 //!
 //! Must not touch: the store (only through `accounts`) or the proxy.
 
+mod oauth;
 pub mod wire;
 
 use std::sync::Arc;
@@ -106,6 +107,14 @@ impl From<AccountError> for ApiError {
             AccountError::MfaAlreadyEnabled => ApiError::MfaAlreadyEnabled,
             AccountError::MfaState(why) => ApiError::InvalidRequest(why.into()),
             AccountError::Mfa(e) => ApiError::Internal(e.to_string()),
+            AccountError::OAuth(e) => oauth::api_error(e),
+            AccountError::OAuthState(why) => ApiError::InvalidRequest(why.to_owned()),
+            AccountError::OAuthDenied(error) => {
+                ApiError::InvalidRequest(format!("the provider answered {error}"))
+            }
+            AccountError::LastSignInMethod => ApiError::InvalidRequest(
+                "this is the account's only way to sign in: set a password first".into(),
+            ),
         }
     }
 }
@@ -466,6 +475,13 @@ pub async fn handle(
                 &created_key_view(&key, &plain),
                 true,
             ))
+        }
+        (Some(rest), _) if rest.starts_with("/oauth/") => {
+            let rest = rest.strip_prefix("/oauth/").unwrap_or_default();
+            oauth::handle(accounts, snapshot, ctx, rest, req, now).await
+        }
+        (Some(rest), _) if rest == "/me/identities" || rest.starts_with("/me/identities/") => {
+            oauth::identities(accounts, snapshot, ctx, rest, req, now).await
         }
         (Some("/sessions"), _) => {
             allow(&method, &[Method::GET, Method::HEAD, Method::DELETE])?;

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    ApiKey, ApiKeyKind, ConflictField, OneTimeKind, OneTimeToken, RefreshToken, RotateOutcome,
-    Session, SigningKey, Store, StoreError, TokenHash, UnixMillis, User, UserPatch, UserQuery,
-    new_id,
+    ApiKey, ApiKeyKind, ConflictField, OAuthIdentity, OneTimeKind, OneTimeToken, RefreshToken,
+    RotateOutcome, Session, SigningKey, Store, StoreError, TokenHash, UnixMillis, User, UserPatch,
+    UserQuery, new_id,
 };
 
 /// The base time of the suite (2023-11-14T22:13:20Z), in milliseconds.
@@ -52,6 +52,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     one_time_tokens_concurrent_consume(Arc::clone(&store)).await;
     one_time_tokens_concurrent_insert(Arc::clone(&store)).await;
     users_mfa_swap(Arc::clone(&store)).await;
+    oauth_identities_lifecycle(Arc::clone(&store)).await;
     purge_expired(store).await;
 }
 
@@ -1430,6 +1431,125 @@ pub async fn users_mfa_swap(store: Arc<dyn Store>) {
             .await
             .map(|_| ()),
     );
+}
+
+/// OAuth identities: unique per (provider, subject) across users, listed per user oldest
+/// first, unlinked only by their owner, and deleted with the user.
+pub async fn oauth_identities_lifecycle(store: Arc<dyn Store>) {
+    let now = T0;
+    let alice = new_user(&store).await;
+    let bob = new_user(&store).await;
+    let provider = format!("idp-{}", tag());
+    let identity = |user: &User, subject: &str, at: UnixMillis| OAuthIdentity {
+        provider: provider.clone(),
+        subject: subject.to_owned(),
+        user_id: user.id.clone(),
+        email: user.email.clone(),
+        created_at: at,
+    };
+    let a1 = identity(&alice, "sub-1", now);
+    let a2 = OAuthIdentity {
+        provider: format!("other-{}", tag()),
+        ..identity(&alice, "sub-1", now + 1)
+    };
+    store.create_oauth_identity(&a1).await.unwrap();
+    // The same subject at another provider is another identity.
+    store.create_oauth_identity(&a2).await.unwrap();
+    assert_eq!(
+        store
+            .get_oauth_identity(&provider, "sub-1")
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&a1)
+    );
+    assert!(
+        store
+            .get_oauth_identity(&provider, "SUB-1")
+            .await
+            .unwrap()
+            .is_none(),
+        "subjects compare exactly"
+    );
+    assert!(
+        store
+            .get_oauth_identity(&provider, "sub-2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // (provider, subject) belongs to one user only, whoever asks.
+    for taken in [identity(&bob, "sub-1", now), identity(&alice, "sub-1", now)] {
+        match store.create_oauth_identity(&taken).await {
+            Err(StoreError::Conflict {
+                field: ConflictField::OAuthIdentity,
+            }) => {}
+            other => panic!("expected an identity conflict, got {other:?}"),
+        }
+    }
+    let ghost = OAuthIdentity {
+        user_id: new_id(),
+        ..identity(&bob, "sub-ghost", now)
+    };
+    assert_not_found(store.create_oauth_identity(&ghost).await);
+
+    let b1 = identity(&bob, "sub-b", now);
+    store.create_oauth_identity(&b1).await.unwrap();
+    assert_eq!(
+        store.list_oauth_identities(&alice.id).await.unwrap(),
+        vec![a1.clone(), a2.clone()]
+    );
+    assert_eq!(
+        store.list_oauth_identities(&bob.id).await.unwrap(),
+        vec![b1.clone()]
+    );
+
+    // Only the owner unlinks.
+    assert_not_found(
+        store
+            .delete_oauth_identity(&bob.id, &provider, "sub-1")
+            .await,
+    );
+    store
+        .delete_oauth_identity(&alice.id, &provider, "sub-1")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_oauth_identity(&provider, "sub-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_not_found(
+        store
+            .delete_oauth_identity(&alice.id, &provider, "sub-1")
+            .await,
+    );
+    // Once free, the subject can be linked again, to anyone.
+    store
+        .create_oauth_identity(&identity(&bob, "sub-1", now + 2))
+        .await
+        .unwrap();
+
+    // Deleting a user deletes its identities, and only its own.
+    store.delete_user(&alice.id).await.unwrap();
+    assert!(
+        store
+            .get_oauth_identity(&a2.provider, "sub-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .list_oauth_identities(&alice.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.list_oauth_identities(&bob.id).await.unwrap().len(), 2);
 }
 
 /// `purge_expired` removes what is dead at the horizon and keeps what still works.

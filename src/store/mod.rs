@@ -80,6 +80,8 @@ pub enum ConflictField {
     TokenHash,
     /// A signing key's `kid`.
     Kid,
+    /// An OAuth identity's (provider, subject): already linked to a user.
+    OAuthIdentity,
 }
 
 impl ConflictField {
@@ -93,6 +95,7 @@ impl ConflictField {
             ConflictField::KeyHash => "key_hash",
             ConflictField::TokenHash => "token_hash",
             ConflictField::Kid => "kid",
+            ConflictField::OAuthIdentity => "oauth_identity",
         }
     }
 }
@@ -443,6 +446,9 @@ pub enum OneTimeKind {
     /// hash is derived from the user and the code, so the store's unique insert decides
     /// which of two concurrent uses wins. Never sent to anyone.
     MfaUsedCode,
+    /// An OAuth sign-in in flight: its hash is the `state` sent to the provider; the payload
+    /// holds the PKCE verifier, nonce, provider and `redirect_to`.
+    OAuthState,
 }
 
 impl OneTimeKind {
@@ -455,6 +461,7 @@ impl OneTimeKind {
             OneTimeKind::Invitation => "invitation",
             OneTimeKind::MfaPending => "mfa_pending",
             OneTimeKind::MfaUsedCode => "mfa_used_code",
+            OneTimeKind::OAuthState => "oauth_state",
         }
     }
 
@@ -467,6 +474,7 @@ impl OneTimeKind {
             "invitation" => Some(OneTimeKind::Invitation),
             "mfa_pending" => Some(OneTimeKind::MfaPending),
             "mfa_used_code" => Some(OneTimeKind::MfaUsedCode),
+            "oauth_state" => Some(OneTimeKind::OAuthState),
             _ => None,
         }
     }
@@ -490,6 +498,24 @@ pub struct OneTimeToken {
     pub created_at: UnixMillis,
     /// Expiry.
     pub expires_at: UnixMillis,
+}
+
+/// A user's account at an OAuth/OIDC provider: the provider's stable subject identifier
+/// (`sub`, or GitHub's numeric id) bound to a Gatehouse user. A (provider, subject) pair
+/// belongs to at most one user; a user may have several identities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthIdentity {
+    /// The provider's name under `accounts.oauth` (`google`, `corp`, ...).
+    pub provider: String,
+    /// The provider's subject identifier, compared exactly.
+    pub subject: String,
+    /// The user it signs in as.
+    pub user_id: String,
+    /// The email the provider asserted when the identity was linked (informational; stored
+    /// as given, not normalised).
+    pub email: Option<String>,
+    /// Link time.
+    pub created_at: UnixMillis,
 }
 
 /// A change every replica must evict from its cache (SPEC section 7).
@@ -734,6 +760,28 @@ pub trait Store: Send + Sync {
         kind: OneTimeKind,
     ) -> Result<u64, StoreError>;
 
+    // ---- OAuth identities ----
+
+    /// Links an identity to its user. `Conflict { OAuthIdentity }` if the (provider,
+    /// subject) pair is linked already (to anyone); `NotFound` if `user_id` names no user.
+    async fn create_oauth_identity(&self, identity: &OAuthIdentity) -> Result<(), StoreError>;
+    /// The identity with this (provider, subject).
+    async fn get_oauth_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<OAuthIdentity>, StoreError>;
+    /// The user's identities, oldest first.
+    async fn list_oauth_identities(&self, user_id: &str) -> Result<Vec<OAuthIdentity>, StoreError>;
+    /// Unlinks one of the user's identities. `NotFound` if the user has no such identity
+    /// (also when another user has it).
+    async fn delete_oauth_identity(
+        &self,
+        user_id: &str,
+        provider: &str,
+        subject: &str,
+    ) -> Result<(), StoreError>;
+
     // ---- invalidation across replicas ----
 
     /// Tells every replica (this one included) to evict `what`. A store only one process
@@ -780,6 +828,7 @@ mod tests {
             OneTimeKind::Invitation,
             OneTimeKind::MfaPending,
             OneTimeKind::MfaUsedCode,
+            OneTimeKind::OAuthState,
         ] {
             assert_eq!(OneTimeKind::parse(kind.as_str()), Some(kind));
         }

@@ -24,7 +24,9 @@
 //! - `k:{id}` API key; `kh:{hash}` -> id; `uk:{user}` its ids;
 //! - `sk:{kid}` signing key; `sks` the kids;
 //! - `o:{hash}` one-time token; `uo:{user}` and `oe:{email}` its hashes by owner and by
-//!   address; `x:o` hashes by expiry.
+//!   address; `x:o` hashes by expiry;
+//! - `oi:{provider}:{subject}` OAuth identity (provider names hold no `:`); `uoi:{user}`
+//!   its `{provider}:{subject}` members.
 //!
 //! Hashes of secrets appear in key names as lowercase hex. Time is never Redis's own:
 //! expiry is compared with the `now` the caller passes (as in the SQLite backend), and
@@ -42,9 +44,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    ApiKey, ApiKeyKind, ConflictField, Invalidation, MAX_PAGE, OneTimeKind, OneTimeToken,
-    PurgeCounts, RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError, TokenHash,
-    UnixMillis, User, UserPage, UserPatch, UserQuery, normalize_email,
+    ApiKey, ApiKeyKind, ConflictField, Invalidation, MAX_PAGE, OAuthIdentity, OneTimeKind,
+    OneTimeToken, PurgeCounts, RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError,
+    TokenHash, UnixMillis, User, UserPage, UserPatch, UserQuery, normalize_email,
 };
 use crate::metrics::{Metrics, StoreErrorKind, StoreLink};
 
@@ -441,6 +443,7 @@ impl Answer<'_> {
                     Some("key_hash") => ConflictField::KeyHash,
                     Some("token_hash") => ConflictField::TokenHash,
                     Some("kid") => ConflictField::Kid,
+                    Some("oauth_identity") => ConflictField::OAuthIdentity,
                     other => {
                         return Err(StoreError::Internal(format!(
                             "redis: unknown conflict field {other:?}"
@@ -642,6 +645,26 @@ fn refresh_pairs(t: &RefreshToken) -> Pairs {
     p
 }
 
+fn identity_pairs(i: &OAuthIdentity) -> Pairs {
+    let mut p = Pairs::new();
+    p.put("provider", i.provider.as_str())
+        .put("subject", i.subject.as_str())
+        .put("user_id", i.user_id.as_str())
+        .put_opt("email", i.email.as_deref())
+        .put("created_at", i.created_at.to_string());
+    p
+}
+
+fn identity_from(f: &Fields) -> Result<OAuthIdentity, StoreError> {
+    Ok(OAuthIdentity {
+        provider: f.req("provider")?,
+        subject: f.req("subject")?,
+        user_id: f.req("user_id")?,
+        email: f.opt("email")?,
+        created_at: f.num("created_at")?,
+    })
+}
+
 fn api_key_pairs(k: &ApiKey) -> Result<Pairs, StoreError> {
     let mut p = Pairs::new();
     p.put("id", k.id.as_str())
@@ -754,6 +777,8 @@ struct Scripts {
     one_time_consume: Script,
     one_time_delete_kind: Script,
     one_time_delete_email: Script,
+    oauth_link: Script,
+    oauth_unlink: Script,
     purge: Script,
 }
 
@@ -781,10 +806,31 @@ impl Scripts {
             one_time_consume: Script::new(&format!("{DROP_ONE_TIME}{ONE_TIME_CONSUME}")),
             one_time_delete_kind: Script::new(&format!("{DROP_ONE_TIME}{ONE_TIME_DELETE_KIND}")),
             one_time_delete_email: Script::new(&format!("{DROP_ONE_TIME}{ONE_TIME_DELETE_EMAIL}")),
+            oauth_link: Script::new(OAUTH_LINK),
+            oauth_unlink: Script::new(OAUTH_UNLINK),
             purge: Script::new(&format!("{DROP_ONE_TIME}{PURGE}")),
         }
     }
 }
+
+/// ARGV: prefix, `{provider}:{subject}`, user id, then the record's field/value pairs.
+const OAUTH_LINK: &str = r#"
+local p, m, uid = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', p..'u:'..uid) == 0 then return {'notfound'} end
+if redis.call('EXISTS', p..'oi:'..m) == 1 then return {'conflict', 'oauth_identity'} end
+redis.call('HSET', p..'oi:'..m, unpack(ARGV, 4))
+redis.call('SADD', p..'uoi:'..uid, m)
+return {'ok'}
+"#;
+
+/// ARGV: prefix, `{provider}:{subject}`, user id: unlinks only the owner's identity.
+const OAUTH_UNLINK: &str = r#"
+local p, m, uid = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', p..'oi:'..m, 'user_id') ~= uid then return {'notfound'} end
+redis.call('DEL', p..'oi:'..m)
+redis.call('SREM', p..'uoi:'..uid, m)
+return {'ok'}
+"#;
 
 /// ARGV: prefix, id, email, username, external_id ('' = none), users member, then the
 /// record's field/value pairs.
@@ -859,7 +905,7 @@ return {'ok'}
 "#;
 
 /// ARGV: prefix, id. Deletes the user with its sessions (and their refresh tokens), API
-/// keys and one-time tokens.
+/// keys, one-time tokens and OAuth identities.
 const DELETE_USER: &str = r#"
 local p, id = ARGV[1], ARGV[2]
 local key = p..'u:'..id
@@ -881,7 +927,10 @@ end
 for _, h in ipairs(redis.call('SMEMBERS', p..'uo:'..id)) do
   drop_one_time(p, h)
 end
-redis.call('DEL', p..'us:'..id, p..'uk:'..id, p..'uo:'..id, key)
+for _, m in ipairs(redis.call('SMEMBERS', p..'uoi:'..id)) do
+  redis.call('DEL', p..'oi:'..m)
+end
+redis.call('DEL', p..'us:'..id, p..'uk:'..id, p..'uo:'..id, p..'uoi:'..id, key)
 if u[1] then redis.call('DEL', p..'ue:'..u[1]) end
 if u[2] then redis.call('DEL', p..'un:'..u[2]) end
 if u[3] then redis.call('DEL', p..'ux:'..u[3]) end
@@ -1691,6 +1740,63 @@ impl Store for RedisStore {
         })
     }
 
+    // ---- OAuth identities ----
+
+    async fn create_oauth_identity(&self, identity: &OAuthIdentity) -> Result<(), StoreError> {
+        let mut args = vec![
+            Arg::Text(format!("{}:{}", identity.provider, identity.subject)),
+            Arg::text(identity.user_id.as_str()),
+        ];
+        args.extend(identity_pairs(identity).0);
+        let v = self.run(&self.scripts.oauth_link, args).await?;
+        answer(&v)?.check()?;
+        Ok(())
+    }
+
+    async fn get_oauth_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<OAuthIdentity>, StoreError> {
+        self.hgetall(&format!("oi:{provider}:{subject}"))
+            .await?
+            .as_ref()
+            .map(identity_from)
+            .transpose()
+    }
+
+    async fn list_oauth_identities(&self, user_id: &str) -> Result<Vec<OAuthIdentity>, StoreError> {
+        let mut identities = self
+            .members(&format!("uoi:{user_id}"), "oi:")
+            .await?
+            .iter()
+            .map(identity_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        identities.sort_by(|a, b| {
+            (a.created_at, &a.provider, &a.subject).cmp(&(b.created_at, &b.provider, &b.subject))
+        });
+        Ok(identities)
+    }
+
+    async fn delete_oauth_identity(
+        &self,
+        user_id: &str,
+        provider: &str,
+        subject: &str,
+    ) -> Result<(), StoreError> {
+        let v = self
+            .run(
+                &self.scripts.oauth_unlink,
+                vec![
+                    Arg::Text(format!("{provider}:{subject}")),
+                    Arg::text(user_id),
+                ],
+            )
+            .await?;
+        answer(&v)?.check()?;
+        Ok(())
+    }
+
     // ---- API keys ----
 
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
@@ -2111,6 +2217,7 @@ mod tests {
         one_time_tokens_concurrent_consume,
         one_time_tokens_concurrent_insert,
         users_mfa_swap,
+        oauth_identities_lifecycle,
         purge_expired,
     );
 

@@ -41,9 +41,9 @@ use rusqlite::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    ApiKey, ApiKeyKind, ConflictField, MAX_PAGE, OneTimeKind, OneTimeToken, PurgeCounts,
-    RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError, TokenHash, UnixMillis,
-    User, UserPage, UserPatch, UserQuery, normalize_email,
+    ApiKey, ApiKeyKind, ConflictField, MAX_PAGE, OAuthIdentity, OneTimeKind, OneTimeToken,
+    PurgeCounts, RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError, TokenHash,
+    UnixMillis, User, UserPage, UserPatch, UserQuery, normalize_email,
 };
 
 /// Tuning of the SQLite backend (plain data; the config layer fills it).
@@ -321,6 +321,18 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX one_time_tokens_by_user ON one_time_tokens (user_id, kind);
     "#,
+    // 2: OAuth identities (provider account -> user), unique per (provider, subject).
+    r#"
+    CREATE TABLE oauth_identities (
+        provider   TEXT NOT NULL,
+        subject    TEXT NOT NULL,
+        user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        email      TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (provider, subject)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX oauth_identities_by_user ON oauth_identities (user_id, created_at);
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -396,6 +408,7 @@ fn constraint_error(extended_code: i32, message: &Option<String>) -> Option<Stor
         "api_keys.key_hash" => ConflictField::KeyHash,
         "refresh_tokens.token_hash" | "one_time_tokens.token_hash" => ConflictField::TokenHash,
         "signing_keys.kid" => ConflictField::Kid,
+        "oauth_identities.provider, oauth_identities.subject" => ConflictField::OAuthIdentity,
         _ => return None,
     };
     Some(StoreError::Conflict { field })
@@ -510,6 +523,18 @@ fn signing_key_from_row(row: &Row<'_>) -> rusqlite::Result<SigningKey> {
         created_at: row.get(4)?,
         not_after: row.get(5)?,
         retired_at: row.get(6)?,
+    })
+}
+
+const IDENTITY_COLUMNS: &str = "provider, subject, user_id, email, created_at";
+
+fn identity_from_row(row: &Row<'_>) -> rusqlite::Result<OAuthIdentity> {
+    Ok(OAuthIdentity {
+        provider: row.get(0)?,
+        subject: row.get(1)?,
+        user_id: row.get(2)?,
+        email: row.get(3)?,
+        created_at: row.get(4)?,
     })
 }
 
@@ -1288,6 +1313,80 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_oauth_identity(&self, identity: &OAuthIdentity) -> Result<(), StoreError> {
+        let identity = identity.clone();
+        self.write(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO oauth_identities ({IDENTITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+                ),
+                params![
+                    identity.provider,
+                    identity.subject,
+                    identity.user_id,
+                    identity.email,
+                    identity.created_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_oauth_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<OAuthIdentity>, StoreError> {
+        let (provider, subject) = (provider.to_owned(), subject.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM oauth_identities \
+                     WHERE provider = ?1 AND subject = ?2"
+                ))?
+                .query_row(params![provider, subject], identity_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_oauth_identities(&self, user_id: &str) -> Result<Vec<OAuthIdentity>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {IDENTITY_COLUMNS} FROM oauth_identities WHERE user_id = ?1 \
+                 ORDER BY created_at, provider, subject"
+            ))?;
+            let rows = stmt
+                .query_map([user_id], identity_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_oauth_identity(
+        &self,
+        user_id: &str,
+        provider: &str,
+        subject: &str,
+    ) -> Result<(), StoreError> {
+        let (user_id, provider, subject) =
+            (user_id.to_owned(), provider.to_owned(), subject.to_owned());
+        self.write(move |conn| {
+            match conn.execute(
+                "DELETE FROM oauth_identities \
+                 WHERE user_id = ?1 AND provider = ?2 AND subject = ?3",
+                params![user_id, provider, subject],
+            )? {
+                0 => Err(StoreError::NotFound),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
     async fn create_one_time_token(&self, token: &OneTimeToken) -> Result<(), StoreError> {
         let token = token.clone();
         let email = token.email.as_deref().map(normalize_email);
@@ -1471,6 +1570,7 @@ mod tests {
         one_time_tokens_concurrent_consume,
         one_time_tokens_concurrent_insert,
         users_mfa_swap,
+        oauth_identities_lifecycle,
         purge_expired,
     );
 

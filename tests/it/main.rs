@@ -11,6 +11,7 @@ mod forward_auth;
 mod invitations;
 mod lifecycle;
 mod mfa;
+mod oauth;
 mod operations;
 mod protocols;
 mod proxy;

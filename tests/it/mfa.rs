@@ -26,7 +26,7 @@ fn code(a: &Answer) -> String {
 }
 
 /// `pyotp.TOTP(secret).at(now + offset)`: the code of the step `offset` seconds away.
-fn totp(secret: &str, offset_secs: i64) -> String {
+pub(crate) fn totp(secret: &str, offset_secs: i64) -> String {
     let out = Command::new("python3")
         .args([
             "-c",

@@ -102,10 +102,37 @@ pub struct LogConfig {
     pub access_log: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum StoreConfig {
     Sqlite { path: PathBuf },
     Redis { url: String, cluster: bool },
+}
+
+// Hand-written, like the two below, so a logged config never shows a secret: URLs may carry
+// a password.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            StoreConfig::Redis { url, cluster } => f
+                .debug_struct("Redis")
+                .field("url", &redact_url(url))
+                .field("cluster", cluster)
+                .finish(),
+        }
+    }
+}
+
+/// `scheme://user:<redacted>@host/...`: the URL without its password.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("<redacted>"));
+            u.to_string()
+        }
+        Ok(_) => text.to_owned(),
+        Err(_) => "<unparsable url>".to_owned(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -175,7 +202,7 @@ pub struct PasswordPolicy {
     pub min_length: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EmailConfig {
     /// `smtp://`, `smtps://` or `smtp+starttls://` URL; absent = write to `outbox_dir`.
     pub smtp_url: Option<String>,
@@ -188,6 +215,18 @@ pub struct EmailConfig {
     /// gateway's own account API (`tokens.issuer` + `accounts.prefix`). An app with its own
     /// pages points this at them.
     pub link_base: Option<String>,
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
+            .field("from", &self.from)
+            .field("outbox_dir", &self.outbox_dir)
+            .field("templates_dir", &self.templates_dir)
+            .field("link_base", &self.link_base)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +243,7 @@ pub enum TokenAuth {
     ClientSecretPost,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OAuthProvider {
     /// The key under `accounts.oauth` (appears in `/auth/oauth/{name}/...`).
     pub name: String,
@@ -219,6 +258,24 @@ pub struct OAuthProvider {
     pub userinfo_url: Option<String>,
     pub api_url: Option<String>,
     pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for OAuthProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthProvider")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("issuer", &self.issuer)
+            .field("token_auth", &self.token_auth)
+            .field("authorize_url", &self.authorize_url)
+            .field("token_url", &self.token_url)
+            .field("userinfo_url", &self.userinfo_url)
+            .field("api_url", &self.api_url)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -351,5 +408,46 @@ impl Config {
                 StoreConfig::Redis { .. } => "redis",
             }
         )
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let provider = OAuthProvider {
+            name: "corp".into(),
+            kind: OAuthKind::Oidc,
+            client_id: "id".into(),
+            client_secret: "s3cret-value".into(),
+            issuer: None,
+            token_auth: TokenAuth::ClientSecretBasic,
+            authorize_url: None,
+            token_url: None,
+            userinfo_url: None,
+            api_url: None,
+            scopes: vec![],
+        };
+        let store = StoreConfig::Redis {
+            url: "redis://app:s3cret-value@cache:6379/0".into(),
+            cluster: false,
+        };
+        let email = EmailConfig {
+            smtp_url: Some("smtps://mailer:s3cret-value@mail.example.com:465".into()),
+            from: "a@b.c".into(),
+            outbox_dir: "data/outbox".into(),
+            templates_dir: None,
+            link_base: None,
+        };
+        for text in [
+            format!("{provider:?}"),
+            format!("{store:?}"),
+            format!("{email:?}"),
+        ] {
+            assert!(!text.contains("s3cret-value"), "{text}");
+        }
+        assert!(format!("{store:?}").contains("app:"), "{store:?}");
     }
 }

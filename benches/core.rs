@@ -57,7 +57,8 @@ use gatehouse::principal::{AuthMethod, Principal};
 use gatehouse::proxy::headers;
 use gatehouse::router::Router;
 use gatehouse::store::{
-    ApiKey, ApiKeyKind, Session, SqliteStore, Store, UnixMillis, User, new_id, unix_now,
+    ApiKey, ApiKeyKind, RedisOptions, RedisStore, Session, SqliteStore, Store, UnixMillis, User,
+    new_id, unix_now,
 };
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -524,6 +525,92 @@ fn bench_auth_cache(c: &mut Criterion) {
     );
 }
 
+// ------------------------------------------------------------------------------ store miss
+
+/// A private redis-server on a free loopback port, killed on drop; `None` when the binary
+/// is not installed (the Redis row is then skipped).
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> Option<RedisServer> {
+        let dir = tempfile::tempdir().ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a cache miss of an API key costs the proxy path: the key by hash, then its user,
+/// from the embedded SQLite file (reader pool) and from a Redis on loopback.
+fn bench_store_miss(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let now = unix_now();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(dir.path().join("gatehouse.db")).unwrap());
+    let redis_server = RedisServer::start();
+    let redis: Option<Arc<dyn Store>> = redis_server.as_ref().map(|server| {
+        let options = RedisOptions::new(format!("redis://127.0.0.1:{}/", server.port), false);
+        let store: Arc<dyn Store> = Arc::new(rt.block_on(RedisStore::connect(&options)).unwrap());
+        store
+    });
+    if redis.is_none() {
+        eprintln!("store_miss/redis skipped: redis-server is not installed");
+    }
+    let mut group = c.benchmark_group("store_miss");
+    for (name, store) in [("sqlite", Some(sqlite)), ("redis", redis)] {
+        let Some(store) = store else { continue };
+        let acct = rt.block_on(account(store.as_ref(), now));
+        let hash = api_key::parse(&acct.key).unwrap().hash;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let key = store.get_api_key_by_hash(black_box(&hash)).await.unwrap();
+                    let user = store.get_user(&key.unwrap().user_id).await.unwrap();
+                    assert!(user.is_some());
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 // ------------------------------------------------------------------------------ jwt verify
 
 /// What `verify_access` does besides the signature check: split, base64url-decode the three
@@ -626,6 +713,7 @@ fn baseline_of(id: &str) -> Option<String> {
             "api_key_hit" | "access_token_hit" | "block_on",
         ] => Some("auth_cache/user_hit".to_owned()),
         ["jwt_verify", "verify", alg] => Some(format!("jwt_verify/decode/{alg}")),
+        ["store_miss", "redis"] => Some("store_miss/sqlite".to_owned()),
         _ => None,
     }
 }
@@ -671,6 +759,7 @@ fn main() {
     bench_api_key(&mut c);
     bench_auth_cache(&mut c);
     bench_jwt_verify(&mut c);
+    bench_store_miss(&mut c);
     c.final_summary();
     print_table(since);
 }

@@ -93,8 +93,8 @@ pub(crate) async fn wait_mails(dir: &Path, n: usize) -> Vec<Mail> {
     }
 }
 
-/// Register, verify by the mailed link, forget and reset the password: the flows a mail
-/// backend must carry, whichever it is.
+/// Register, verify by the mailed link, forget and reset the password, sign in by a magic
+/// link: the flows a mail backend must carry, whichever it is.
 async fn verify_and_reset(gw: &Gateway, mailbox: &Path) {
     let reg = post(
         gw,
@@ -220,6 +220,27 @@ async fn verify_and_reset(gw: &Gateway, mailbox: &Path) {
         !mails[3].text.contains("token="),
         "the notice carries no link"
     );
+
+    // A magic link through the same backend signs in.
+    let asked = post(
+        gw,
+        "/auth/magic-link",
+        None,
+        json!({"email": "ada@example.com"}),
+    )
+    .await;
+    assert_eq!(asked.status, 202, "{:?}", asked.body);
+    let mails = wait_mails(mailbox, 5).await;
+    assert!(mails[4].subject.contains("sign-in link"), "{:?}", mails[4]);
+    let signed_in = post(
+        gw,
+        "/auth/magic-link/verify",
+        None,
+        json!({"token": mails[4].token()}),
+    )
+    .await;
+    assert_eq!(signed_in.status, 200, "{:?}", signed_in.body);
+    assert!(signed_in.json()["access_token"].is_string());
 }
 
 #[tokio::test]

@@ -5,6 +5,9 @@
 # signature check each time: tokens of the same real session minted in advance by
 # mint-tokens.py) and an external IdP's ES256 JWT (tokens.trusted_issuers, JWKS served
 # here), measured interleaved in one run and reported as ratios against the public route.
+# When redis-server is installed, a second Gatehouse on `store.kind: redis` (a redis-server
+# of its own) adds the API-key and JWT rows again: a cache hit must cost the same whichever
+# store backs the cache (issue 5).
 #
 #   benches/auth-load.sh [--duration 10s] [--reps 3] [--connections 64] [--no-build]
 #
@@ -57,12 +60,30 @@ start upstream "$UP" "$BIN" echo --listen "127.0.0.1:$UP"
 export GATEHOUSE_BENCH_PORT=$GH GATEHOUSE_BENCH_ADMIN_PORT=$ADM GATEHOUSE_BENCH_UPSTREAM_PORT=$UP GATEHOUSE_BENCH_DIR=$WORK GATEHOUSE_BENCH_JWKS_PORT=$JWKS
 start gatehouse "$GH" "$BIN" serve --config "$HERE/auth-bench.yaml"
 BASE=http://127.0.0.1:$GH
-curl -sf "$BASE/auth/register" -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"bench-password-123"}' >"$WORK/reg.json" || die "register failed"
-TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' "$WORK/reg.json")
-curl -sf "$BASE/auth/api-keys" -H 'content-type: application/json' -H "authorization: Bearer $TOKEN" \
-  -d '{"name":"bench"}' >"$WORK/key.json" || die "api key failed"
-KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$WORK/key.json")
+account() { # base tag -> sets TOKEN_<tag>, KEY_<tag>
+  curl -sf "$1/auth/register" -H 'content-type: application/json' \
+    -d '{"email":"bench@example.com","password":"bench-password-123"}' >"$WORK/reg-$2.json" || die "register failed"
+  local token key
+  token=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' "$WORK/reg-$2.json")
+  curl -sf "$1/auth/api-keys" -H 'content-type: application/json' -H "authorization: Bearer $token" \
+    -d '{"name":"bench"}' >"$WORK/key-$2.json" || die "api key failed"
+  key=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$WORK/key-$2.json")
+  printf -v "TOKEN_$2" '%s' "$token"; printf -v "KEY_$2" '%s' "$key"
+}
+account "$BASE" local
+TOKEN=$TOKEN_local KEY=$KEY_local
+ROWS=(plain key limited jwt fresh ext)
+if command -v redis-server >/dev/null; then
+  RP=$(free_port); GH2=$(free_port); ADM2=$(free_port)
+  start redis "$RP" redis-server --bind 127.0.0.1 --port "$RP" --save "" --appendonly no --dir "$WORK"
+  sed "s|^store: .*|store: { kind: redis, url: \"redis://127.0.0.1:$RP/0\" }|" "$HERE/auth-bench.yaml" >"$WORK/redis.yaml"
+  GATEHOUSE_BENCH_PORT=$GH2 GATEHOUSE_BENCH_ADMIN_PORT=$ADM2 start gatehouse-redis "$GH2" "$BIN" serve --config "$WORK/redis.yaml"
+  BASE_R=http://127.0.0.1:$GH2
+  account "$BASE_R" redis
+  ROWS+=(rkey rjwt)
+else
+  echo "auth-load.sh: redis-server not installed; no Redis rows" >&2
+fi
 
 EXT=$(python3 "$HERE/mint-tokens.py" ext "$WORK" 1 /dev/stdout | head -1)
 # Fresh tokens: one file per round (warm-up included), each more than a round can send
@@ -77,24 +98,25 @@ curl -sf "$BASE/jwt/check" -H "authorization: Bearer $EXT" >/dev/null || die "ex
 curl -sf "$BASE/jwt/check" -H "authorization: Bearer $(head -1 "$WORK/fresh-0.txt")" >/dev/null || die "minted token refused"
 
 run() { # row rep -> "rps p99_us non2xx"
-  local row=$1 rep=$2 hdr=() path=$1 script=$HERE/wrk-report.lua
+  local row=$1 rep=$2 hdr=() path=$1 script=$HERE/wrk-report.lua base=$BASE
   case $row in
     key|limited) hdr=(-H "X-API-Key: $KEY") ;;
     jwt) hdr=(-H "Authorization: Bearer $TOKEN") ;;
     ext) hdr=(-H "Authorization: Bearer $EXT"); path=jwt ;;
     fresh) script=$HERE/wrk-tokens.lua; path=jwt ;;
+    rkey) hdr=(-H "X-API-Key: $KEY_redis"); path=key; base=$BASE_R ;;
+    rjwt) hdr=(-H "Authorization: Bearer $TOKEN_redis"); path=jwt; base=$BASE_R ;;
   esac
   TOKENS_FILE=$WORK/fresh-$rep.txt timeout $(( DUR_S + 60 )) "${PIN_GEN[@]}" wrk -t1 -c"$CONNS" -d"$DUR_S"s --latency "${hdr[@]}" \
-    -s "$script" "$BASE/$path" >"$WORK/$row.out" 2>&1 || true
+    -s "$script" "$base/$path" >"$WORK/$row.out" 2>&1 || true
   awk -v fresh="$([ "$row" = fresh ] && echo "$FRESH_N" || echo 0)" '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     if (fresh > 0 && v["requests"] > fresh) printf "auth-load.sh: %d requests > %d fresh tokens: some were reused (raise FRESH_PER_SECOND)\n", v["requests"], fresh > "/dev/stderr"
     printf "%.0f %d %d\n", v["requests"] / (v["duration_us"] / 1e6), v["p99_us"], v["err_status"] + v["err_connect"] + v["err_timeout"] }' "$WORK/$row.out"
 }
-ROWS=(plain key limited jwt fresh ext)
 declare -A RPS P99
 for r in "${ROWS[@]}"; do run "$r" 0 >/dev/null; done  # warm-up
 for rep in $(seq 1 "$REPS"); do
-  order=("${ROWS[@]}"); [ $(( rep % 2 )) = 0 ] && order=(ext fresh jwt limited key plain)
+  order=("${ROWS[@]}"); [ $(( rep % 2 )) = 0 ] && order=($(printf '%s\n' "${ROWS[@]}" | tac))
   for r in "${order[@]}"; do
     read -r rps p99 errs < <(run "$r" "$rep")
     [ "$errs" = 0 ] || echo "auth-load.sh: $errs failed requests on $r" >&2
@@ -111,6 +133,7 @@ for r in "${ROWS[@]}"; do
   m=$(median "${RPS[$r]}"); p=$(median "${P99[$r]}")
   label=$r; case $r in plain) label="public (no auth)";; key) label="API key (cache hit)";;
     limited) label="API key + route limit";; jwt) label="JWT (cache hit)";; fresh) label="JWT fresh (EdDSA)";;
-    ext) label="IdP JWT ES256 (hit)";; esac
+    ext) label="IdP JWT ES256 (hit)";; rkey) label="API key, Redis store";;
+    rjwt) label="JWT, Redis store";; esac
   awk -v l="$label" -v m="$m" -v p="$p" -v b="$base" 'BEGIN { printf "%-22s %10d %10d %11.2fx\n", l, m, p, m / b }'
 done

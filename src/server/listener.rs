@@ -63,11 +63,14 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let head_room = (limits.max_header_bytes as usize)
         .saturating_mul(4)
         .max(64 * 1024);
+    // No `max_headers`: hyper's default (100 fields, as HAProxy's 101) parses into arrays on
+    // the stack; any explicit cap makes it allocate and fill two arrays of that many entries
+    // on the heap for every request head (1000 cost ~5% of a proxied request). A head with
+    // more fields gets hyper's bare 431; one too large in bytes still gets our problem+json.
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(head_room)
-        .max_headers(1000);
+        .max_buf_size(head_room);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(head_room as u32);

@@ -81,7 +81,7 @@ fn assert_problem(a: &Answer, status: u16, code: &str) {
 }
 
 #[tokio::test]
-async fn register_login_me_logout() {
+pub(crate) async fn register_login_me_logout() {
     let gw = gateway("");
     let reg = register(&gw, "Alice@Example.com").await;
     assert_eq!(reg["token_type"], "Bearer");
@@ -162,7 +162,7 @@ async fn register_login_me_logout() {
 }
 
 #[tokio::test]
-async fn username_accounts_and_profile_changes() {
+pub(crate) async fn username_accounts_and_profile_changes() {
     let gw = gateway("");
     let a = post(
         &gw,
@@ -240,7 +240,7 @@ async fn username_accounts_and_profile_changes() {
 }
 
 #[tokio::test]
-async fn registration_errors() {
+pub(crate) async fn registration_errors() {
     let gw = gateway("");
     register(&gw, "dup@example.com").await;
     let reg = |body: Value| {
@@ -344,7 +344,7 @@ async fn closed_registration_and_register_limit() {
 }
 
 #[tokio::test]
-async fn failed_logins_look_alike_and_the_sixth_is_limited() {
+pub(crate) async fn failed_logins_look_alike_and_the_sixth_is_limited() {
     let gw = gateway("");
     register(&gw, "victim@example.com").await;
 
@@ -398,7 +398,7 @@ async fn failed_logins_look_alike_and_the_sixth_is_limited() {
 }
 
 #[tokio::test]
-async fn refresh_rotation_grace_and_reuse_detection() {
+pub(crate) async fn refresh_rotation_grace_and_reuse_detection() {
     let gw = gateway("");
     let reg = register(&gw, "r@example.com").await;
     let first = reg["refresh_token"].as_str().unwrap().to_owned();
@@ -453,7 +453,7 @@ async fn refresh_rotation_grace_and_reuse_detection() {
 }
 
 #[tokio::test]
-async fn password_change_ends_other_sessions() {
+pub(crate) async fn password_change_ends_other_sessions() {
     let gw = gateway("");
     let a = register(&gw, "p@example.com").await;
     let mine = a["access_token"].as_str().unwrap().to_owned();
@@ -499,7 +499,7 @@ async fn password_change_ends_other_sessions() {
 }
 
 #[tokio::test]
-async fn deleting_the_account() {
+pub(crate) async fn deleting_the_account() {
     let gw = gateway("");
     let a = register(&gw, "d@example.com").await;
     let token = a["access_token"].as_str().unwrap().to_owned();
@@ -525,7 +525,7 @@ async fn deleting_the_account() {
 }
 
 #[tokio::test]
-async fn restart_keeps_users_and_verifies_earlier_tokens() {
+pub(crate) async fn restart_keeps_users_and_verifies_earlier_tokens() {
     let gw = gateway("");
     let reg = register(&gw, "persist@example.com").await;
     let token = reg["access_token"].as_str().unwrap().to_owned();
@@ -549,7 +549,7 @@ async fn restart_keeps_users_and_verifies_earlier_tokens() {
 }
 
 #[tokio::test]
-async fn signing_key_rotation_keeps_old_tokens_valid() {
+pub(crate) async fn signing_key_rotation_keeps_old_tokens_valid() {
     let gw = gateway("");
     let reg = register(&gw, "rot@example.com").await;
     let old = reg["access_token"].as_str().unwrap().to_owned();
@@ -593,7 +593,7 @@ async fn signing_key_rotation_keeps_old_tokens_valid() {
 }
 
 #[tokio::test]
-async fn cli_creates_and_lists_users() {
+pub(crate) async fn cli_creates_and_lists_users() {
     let gw = gateway("");
     let (code, out, err) = gw.cli(
         &[

@@ -103,7 +103,7 @@ fn emails(page: &Value) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn list_read_and_validate() {
+pub(crate) async fn list_read_and_validate() {
     let echo = Echo::start();
     let gw = gateway(&echo);
     let root = admin_token(&gw, "root@example.com").await;
@@ -311,7 +311,7 @@ async fn list_read_and_validate() {
 }
 
 #[tokio::test]
-async fn changes_reach_the_proxy_path_at_once() {
+pub(crate) async fn changes_reach_the_proxy_path_at_once() {
     let echo = Echo::start();
     let gw = gateway(&echo);
     let root = admin_token(&gw, "root@example.com").await;
@@ -421,7 +421,7 @@ async fn changes_reach_the_proxy_path_at_once() {
 }
 
 #[tokio::test]
-async fn the_last_admin_is_kept() {
+pub(crate) async fn the_last_admin_is_kept() {
     let echo = Echo::start();
     let gw = gateway(&echo);
     let root = admin_token(&gw, "root@example.com").await;

@@ -77,7 +77,7 @@ fn claims_of(token: &str) -> Value {
 }
 
 #[tokio::test]
-async fn invite_accept_and_single_use() {
+pub(crate) async fn invite_accept_and_single_use() {
     let echo = Echo::start();
     let gw = gateway(&echo, "open");
     let outbox = gw.dir.path().join("data/outbox");
@@ -306,7 +306,7 @@ async fn invite_accept_and_single_use() {
 }
 
 #[tokio::test]
-async fn invite_only_refuses_sign_up_but_takes_invitations() {
+pub(crate) async fn invite_only_refuses_sign_up_but_takes_invitations() {
     let echo = Echo::start();
     let gw = gateway(&echo, "invite_only");
     let outbox = gw.dir.path().join("data/outbox");

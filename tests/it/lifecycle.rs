@@ -244,7 +244,7 @@ async fn verify_and_reset(gw: &Gateway, mailbox: &Path) {
 }
 
 #[tokio::test]
-async fn verify_and_reset_through_the_outbox() {
+pub(crate) async fn verify_and_reset_through_the_outbox() {
     let gw = Gateway::start("tokens: { issuer: http://gatehouse.test }\n");
     // The default backend: `.eml` files under `data/outbox`, relative to the working
     // directory (the test's own).
@@ -344,7 +344,7 @@ async fn verify_and_reset_through_a_real_smtp_server() {
 
 /// The same reset link used by 20 parallel requests: exactly one succeeds.
 #[tokio::test]
-async fn a_reset_link_works_exactly_once_under_concurrency() {
+pub(crate) async fn a_reset_link_works_exactly_once_under_concurrency() {
     let gw = Gateway::start(
         "tokens: { issuer: http://gatehouse.test }\nrate_limits: { email: { requests: 100, per: 1h } }\n",
     );
@@ -493,7 +493,7 @@ async fn login_grace(gw: &Gateway) -> Answer {
 /// Magic links: the same answer for any address, a 10-minute single-use link that signs in
 /// (`amr: otp`), proves the address and carries a `redirect_to` only when it is safe.
 #[tokio::test]
-async fn magic_link_sign_in() {
+pub(crate) async fn magic_link_sign_in() {
     let gw = Gateway::start(
         "tokens: { issuer: http://gatehouse.test }\naccounts: { allowed_origins: [\"https://app.example.com\"] }\n",
     );
@@ -592,7 +592,7 @@ async fn magic_link_sign_in() {
 /// `conceal_existing`: sign-up answers the same 202 for a free and a taken address; the new
 /// account gets its verification link, the existing one's owner a notice.
 #[tokio::test]
-async fn sign_up_conceals_existing_accounts() {
+pub(crate) async fn sign_up_conceals_existing_accounts() {
     let gw = Gateway::start(
         "tokens: { issuer: http://gatehouse.test }\naccounts: { conceal_existing: true }\n",
     );

@@ -12,6 +12,7 @@ mod invitations;
 mod lifecycle;
 mod mfa;
 mod oauth;
+mod on_redis;
 mod operations;
 mod protocols;
 mod proxy;

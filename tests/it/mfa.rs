@@ -154,7 +154,7 @@ async fn enrol(gw: &Gateway, access: &str) -> Enrolled {
 /// Enrol, confirm, sign in with the second factor, replays refused, recovery codes once
 /// each, cookie sessions, and refused tokens.
 #[tokio::test]
-async fn enrol_confirm_and_sign_in_with_a_second_factor() {
+pub(crate) async fn enrol_confirm_and_sign_in_with_a_second_factor() {
     let gw = Gateway::start("tokens: { issuer: http://gatehouse.test }\n");
     let email = "ada@example.com";
     let access = register(&gw, email).await;
@@ -327,7 +327,7 @@ async fn enrol_confirm_and_sign_in_with_a_second_factor() {
 
 /// Disabling needs a valid code; afterwards the password alone signs in again.
 #[tokio::test]
-async fn disable_needs_a_valid_code() {
+pub(crate) async fn disable_needs_a_valid_code() {
     let gw = Gateway::start("");
     let email = "bo@example.com";
     let access = register(&gw, email).await;
@@ -422,7 +422,7 @@ async fn wrong_codes_count_toward_the_login_limit() {
 /// Ten concurrent verifies of one code on ten tokens: exactly one signs in; the same for a
 /// recovery code.
 #[tokio::test]
-async fn one_code_wins_under_concurrency() {
+pub(crate) async fn one_code_wins_under_concurrency() {
     let gw = Gateway::start("rate_limits: { login: { attempts: 1000, per: 15m } }\n");
     let email = "di@example.com";
     let access = register(&gw, email).await;

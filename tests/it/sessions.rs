@@ -95,7 +95,7 @@ async fn proxied(gw: &Gateway, token: &str) -> Answer {
 }
 
 #[tokio::test]
-async fn list_and_end_sessions() {
+pub(crate) async fn list_and_end_sessions() {
     let echo = Echo::start();
     let gw = gateway(&echo);
     let reg = call(

@@ -27,6 +27,38 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
+thread_local! {
+    /// The `store:` line gateways started on this thread use instead of a private SQLite
+    /// file (see [`with_store`]).
+    static STORE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `test` (a `#[tokio::test]` function: it blocks this thread) with every gateway it
+/// starts on this thread configured with `store` (a YAML mapping, e.g. a Redis store), so
+/// the same tests run unchanged on another backend.
+pub fn with_store(store: &str, test: impl FnOnce()) {
+    STORE.with(|s| *s.borrow_mut() = Some(store.to_owned()));
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            STORE.with(|s| *s.borrow_mut() = None);
+        }
+    }
+    let _reset = Reset;
+    test();
+}
+
+/// The `store:` line of a gateway whose data directory is `dir`.
+fn store_line(dir: &Path) -> String {
+    match STORE.with(|s| s.borrow().clone()) {
+        Some(store) => format!("store: {store}\n"),
+        None => format!(
+            "store: {{ kind: sqlite, path: {}/gatehouse.db }}\n",
+            dir.display()
+        ),
+    }
+}
+
 /// A running `gatehouse` process.
 pub struct Gateway {
     pub child: Child,
@@ -83,10 +115,7 @@ impl Gateway {
             text.push_str("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n");
         }
         if !yaml.contains("store:") {
-            text.push_str(&format!(
-                "store: {{ kind: sqlite, path: {}/gatehouse.db }}\n",
-                dir.path().display()
-            ));
+            text.push_str(&store_line(dir.path()));
         }
         text.push_str(yaml);
         std::fs::write(&config_path, &text).unwrap();
@@ -154,10 +183,10 @@ impl Gateway {
     /// Rewrites the config file in place (keeping the bound ports).
     pub fn rewrite_config(&self, yaml: &str) {
         let text = format!(
-            "listen: {}\nadmin_listen: {}\nstore: {{ kind: sqlite, path: {}/gatehouse.db }}\n{}",
+            "listen: {}\nadmin_listen: {}\n{}{}",
             self.addr,
             self.admin,
-            self.dir.path().display(),
+            store_line(self.dir.path()),
             yaml
         );
         let tmp = self.dir.path().join(".gateway.yaml.tmp");

@@ -175,21 +175,12 @@ impl Accounts {
             &mut issues,
         );
         let password = input.password.unwrap_or_default();
-        if password.is_empty() {
-            issues.push(FieldIssue::invalid("password", "is required"));
-        } else {
-            validate::new_password(
-                "password",
-                &password,
-                cfg.accounts.password.min_length as usize,
-                &mut issues,
-            );
-            validate::confirmation(
-                &password,
-                input.password_confirmation.as_deref(),
-                &mut issues,
-            );
-        }
+        validate::sign_up_password(
+            &password,
+            input.password_confirmation.as_deref(),
+            cfg.accounts.password.min_length as usize,
+            &mut issues,
+        );
         if !issues.is_empty() {
             return Err(AccountError::Invalid(issues));
         }

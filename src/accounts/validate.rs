@@ -141,6 +141,22 @@ pub fn confirmation(password: &str, confirmation: Option<&str>, issues: &mut Vec
     }
 }
 
+/// A new account's password (sign-up, accepting an invitation): required, the policy, and
+/// the confirmation when one was sent.
+pub fn sign_up_password(
+    password: &str,
+    confirmation_given: Option<&str>,
+    min_length: usize,
+    issues: &mut Vec<FieldIssue>,
+) {
+    if password.is_empty() {
+        issues.push(FieldIssue::invalid("password", "is required"));
+    } else {
+        new_password("password", password, min_length, issues);
+        confirmation(password, confirmation_given, issues);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -279,6 +279,70 @@ impl RedisStore {
         self.observe(cmd.query_async(&mut conn)).await
     }
 
+    /// Revokes one session (`s:`, kept in the purge set `x:s`) or API key (`k:`), checking
+    /// the owner when one is given.
+    async fn revoke_one(
+        &self,
+        record: &str,
+        id: &str,
+        owner: Option<&str>,
+        now: UnixMillis,
+        purge_set: &str,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Arg::text(record),
+            Arg::text(id),
+            Arg::opt(owner),
+            Arg::num(now),
+            Arg::text(purge_set),
+        ];
+        let v = self.run(&self.scripts.revoke_one, args).await?;
+        answer(&v)?.check()?;
+        Ok(())
+    }
+
+    /// Revokes every unrevoked record of a user listed in `owner_set` but `except`;
+    /// answers how many.
+    async fn revoke_all(
+        &self,
+        owner_set: &str,
+        record: &str,
+        user_id: &str,
+        except: Option<&str>,
+        now: UnixMillis,
+        purge_set: &str,
+    ) -> Result<u64, StoreError> {
+        let args = vec![
+            Arg::text(owner_set),
+            Arg::text(record),
+            Arg::text(user_id),
+            Arg::opt(except),
+            Arg::num(now),
+            Arg::text(purge_set),
+        ];
+        let v = self.run(&self.scripts.revoke_all, args).await?;
+        count(answer(&v)?.check()?.nth(0)?)
+    }
+
+    /// Flushes a batch of last uses of sessions (`s:`) or API keys (`k:`).
+    async fn record_use(
+        &self,
+        record: &str,
+        uses: &[(String, UnixMillis)],
+    ) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(uses.len() * 2 + 1);
+        args.push(Arg::text(record));
+        for (id, at) in uses {
+            args.push(Arg::text(id.as_str()));
+            args.push(Arg::num(*at));
+        }
+        self.run(&self.scripts.record_use, args).await?;
+        Ok(())
+    }
+
     /// Runs `script` with the prefix as `ARGV[1]` followed by `args`.
     async fn run(&self, script: &Script, args: Vec<Arg>) -> Result<Value, StoreError> {
         let mut invocation = script.key(&self.anchor);
@@ -1613,17 +1677,7 @@ impl Store for RedisStore {
     }
 
     async fn record_session_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let mut args = Vec::with_capacity(uses.len() * 2 + 1);
-        args.push(Arg::text("s:"));
-        for (id, at) in uses {
-            args.push(Arg::text(id.as_str()));
-            args.push(Arg::num(*at));
-        }
-        self.run(&self.scripts.record_use, args).await?;
-        Ok(())
+        self.record_use("s:", uses).await
     }
 
     async fn list_active_sessions(
@@ -1652,20 +1706,7 @@ impl Store for RedisStore {
         owner: Option<&str>,
         now: UnixMillis,
     ) -> Result<(), StoreError> {
-        let v = self
-            .run(
-                &self.scripts.revoke_one,
-                vec![
-                    Arg::text("s:"),
-                    Arg::text(id),
-                    Arg::opt(owner),
-                    Arg::num(now),
-                    Arg::text("x:s"),
-                ],
-            )
-            .await?;
-        answer(&v)?.check()?;
-        Ok(())
+        self.revoke_one("s:", id, owner, now, "x:s").await
     }
 
     async fn revoke_user_sessions(
@@ -1674,20 +1715,8 @@ impl Store for RedisStore {
         except: Option<&str>,
         now: UnixMillis,
     ) -> Result<u64, StoreError> {
-        let v = self
-            .run(
-                &self.scripts.revoke_all,
-                vec![
-                    Arg::text("us:"),
-                    Arg::text("s:"),
-                    Arg::text(user_id),
-                    Arg::opt(except),
-                    Arg::num(now),
-                    Arg::text("x:s"),
-                ],
-            )
-            .await?;
-        count(answer(&v)?.check()?.nth(0)?)
+        self.revoke_all("us:", "s:", user_id, except, now, "x:s")
+            .await
     }
 
     // ---- refresh tokens ----
@@ -1848,20 +1877,7 @@ impl Store for RedisStore {
         owner: Option<&str>,
         now: UnixMillis,
     ) -> Result<(), StoreError> {
-        let v = self
-            .run(
-                &self.scripts.revoke_one,
-                vec![
-                    Arg::text("k:"),
-                    Arg::text(id),
-                    Arg::opt(owner),
-                    Arg::num(now),
-                    Arg::text(""),
-                ],
-            )
-            .await?;
-        answer(&v)?.check()?;
-        Ok(())
+        self.revoke_one("k:", id, owner, now, "").await
     }
 
     async fn revoke_user_api_keys(
@@ -1869,34 +1885,11 @@ impl Store for RedisStore {
         user_id: &str,
         now: UnixMillis,
     ) -> Result<u64, StoreError> {
-        let v = self
-            .run(
-                &self.scripts.revoke_all,
-                vec![
-                    Arg::text("uk:"),
-                    Arg::text("k:"),
-                    Arg::text(user_id),
-                    Arg::text(""),
-                    Arg::num(now),
-                    Arg::text(""),
-                ],
-            )
-            .await?;
-        count(answer(&v)?.check()?.nth(0)?)
+        self.revoke_all("uk:", "k:", user_id, None, now, "").await
     }
 
     async fn record_api_key_use(&self, uses: &[(String, UnixMillis)]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let mut args = Vec::with_capacity(uses.len() * 2 + 1);
-        args.push(Arg::text("k:"));
-        for (id, at) in uses {
-            args.push(Arg::text(id.as_str()));
-            args.push(Arg::num(*at));
-        }
-        self.run(&self.scripts.record_use, args).await?;
-        Ok(())
+        self.record_use("k:", uses).await
     }
 
     // ---- signing keys ----

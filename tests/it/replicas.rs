@@ -25,6 +25,19 @@ async fn post(gw: &Gateway, path: &str, bearer: Option<&str>, body: Value) -> An
     send_json("POST", &gw.url(path), bearer, &body).await
 }
 
+/// Registers `email` through `gw`; the access token.
+async fn register(gw: &Gateway, email: &str) -> String {
+    let reg = post(
+        gw,
+        "/auth/register",
+        None,
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(reg.status, 201, "{:?}", reg.body);
+    reg.json()["access_token"].as_str().unwrap().to_owned()
+}
+
 async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Answer {
     send("GET", &gw.url(path), headers, crate::support::empty()).await
 }
@@ -38,15 +51,7 @@ async fn two_replicas_behave_as_one_gateway() {
 
     // Registered on A: B logs the user in, and the tokens either replica signs verify on
     // the other (both sign with the key the first one stored).
-    let reg = post(
-        &a,
-        "/auth/register",
-        None,
-        json!({"email": "ada@example.com", "password": PASSWORD}),
-    )
-    .await;
-    assert_eq!(reg.status, 201, "{:?}", reg.body);
-    let from_a = reg.json()["access_token"].as_str().unwrap().to_owned();
+    let from_a = register(&a, "ada@example.com").await;
     let login = post(
         &b,
         "/auth/login",
@@ -137,15 +142,7 @@ async fn revocations_reach_the_other_replica() {
     let b = replica(&redis, &echo);
     let second = std::time::Duration::from_secs(1);
 
-    let reg = post(
-        &a,
-        "/auth/register",
-        None,
-        json!({"email": "lin@example.com", "password": PASSWORD}),
-    )
-    .await;
-    assert_eq!(reg.status, 201, "{:?}", reg.body);
-    let token = reg.json()["access_token"].as_str().unwrap().to_owned();
+    let token = register(&a, "lin@example.com").await;
     let bearer = format!("Bearer {token}");
 
     // An API key, used (and so cached) on B, revoked on A.
@@ -242,15 +239,7 @@ async fn a_redis_outage_and_recovery() {
     let a = replica(&redis, &echo);
     let b = replica(&redis, &echo);
 
-    let reg = post(
-        &a,
-        "/auth/register",
-        None,
-        json!({"email": "kay@example.com", "password": PASSWORD}),
-    )
-    .await;
-    assert_eq!(reg.status, 201, "{:?}", reg.body);
-    let token = reg.json()["access_token"].as_str().unwrap().to_owned();
+    let token = register(&a, "kay@example.com").await;
     let mut keys = Vec::new();
     for name in ["used", "unused"] {
         let k = post(

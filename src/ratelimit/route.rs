@@ -466,6 +466,7 @@ fn header_value(s: String) -> HeaderValue {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::config::LimitMode;
     use governor::clock::FakeRelativeClock;
 
     const MS: Duration = Duration::from_millis(1);
@@ -477,6 +478,7 @@ mod tests {
             per,
             burst,
             key: LimitKey::Credential,
+            mode: LimitMode::Approximate,
         }
     }
 

@@ -13,6 +13,7 @@
 //! `Retry-After` a client sees is simply the end of its window.
 
 pub mod route;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -17,6 +17,7 @@ mod protocols;
 mod proxy;
 mod replicas;
 mod sessions;
+mod shared_limits;
 mod streaming;
 mod support;
 mod trusted;

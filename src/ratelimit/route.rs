@@ -7,8 +7,11 @@
 //! hash callers turn a credential, user id or IP into a key with) and [`RouteLimiters`] (the
 //! limiters of one config snapshot, by route index).
 //!
-//! Must not touch: HTTP beyond building header values, the store, the router. Which key a
-//! request has (`LimitKey`) is the caller's business; this module only counts.
+//! Must not touch: HTTP beyond building header values, the store beyond its
+//! [`SharedCounters`](crate::store::SharedCounters) (through [`super::shared`]), the router.
+//! Which key a request has (`LimitKey`, [`Who`]) is the caller's business; this module only
+//! counts. With a shared store, a limiter's buckets live in Redis (exact mode) or are local
+//! copies synced in the background (approximate mode); see [`super::shared`].
 //!
 //! Time comes from a governor [`Clock`]: production uses the default (quanta) clock, tests a
 //! `FakeRelativeClock` they advance, so nothing sleeps.

@@ -205,7 +205,7 @@ impl LoginLimiter {
 
     /// The backend, if shared and worth a round trip now.
     fn backend(&self) -> Option<&Arc<SharedBackend>> {
-        self.shared.get().filter(|b| b.worth_trying())
+        self.shared.get().filter(|b| b.try_claim())
     }
 
     /// Whether a login for `account` (its normalised identifier) from `ip` may be tried.

@@ -326,7 +326,7 @@ impl<C: Clock> RouteLimiter<C> {
         else {
             return self.check_who(who);
         };
-        if backend.worth_trying() {
+        if backend.try_claim() {
             let name = who.shared_name(prefix);
             match backend
                 .counters()
@@ -1007,5 +1007,50 @@ mod tests {
             }
         });
         assert_eq!(l.tracked_keys(), 400);
+    }
+
+    #[tokio::test]
+    async fn exact_mode_shares_buckets_and_falls_back_locally() {
+        use crate::ratelimit::shared::tests::FakeCounters;
+        use std::sync::atomic::Ordering;
+        let store = Arc::new(FakeCounters::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let backend = SharedBackend::new(store.clone(), Some(metrics.clone()));
+        let mut p = policy(10, 60 * SEC, 10);
+        p.mode = LimitMode::Exact;
+        let a = Limiter::new(&p, "default").shared_through("web", Some(&backend));
+        let b = Limiter::new(&p, "default").shared_through("web", Some(&backend));
+        let who = Who::Ip([10, 0, 0, 1].into());
+        assert!(a.round_trips());
+        for n in 0..10u32 {
+            let l = if n % 2 == 0 { &a } else { &b };
+            assert_eq!(
+                l.check_exact(&who).await,
+                allowed(9 - n, 6 * u64::from(n + 1))
+            );
+        }
+        assert_eq!(a.check_exact(&who).await, limited(6));
+        assert_eq!(b.check_exact(&who).await, limited(6));
+        assert_eq!(a.tracked_keys(), 0, "nothing counted locally");
+
+        // Down: decided by the local buckets, counted, and not asked again at once.
+        store.down.store(true, Ordering::Relaxed);
+        assert!(a.check_exact(&who).await.is_allowed());
+        assert!(!a.round_trips());
+        assert!(a.check_who(&who).is_allowed());
+        assert!(
+            metrics
+                .encode()
+                .contains("gatehouse_ratelimit_fallbacks_total 2")
+        );
+        let calls = store.calls.load(Ordering::Relaxed);
+        assert_eq!(a.check_exact(&who).await, allowed(7, 18));
+        assert_eq!(store.calls.load(Ordering::Relaxed), calls);
+
+        // Back: shared again once the retry is due.
+        store.down.store(false, Ordering::Relaxed);
+        backend.retry_now();
+        assert_eq!(a.check_exact(&who).await, limited(6));
+        assert!(a.round_trips());
     }
 }

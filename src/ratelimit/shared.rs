@@ -95,9 +95,31 @@ impl SharedBackend {
         self.down.load(Ordering::Relaxed)
     }
 
-    /// Whether a round trip is worth trying (up, or down long enough to try again).
+    /// Whether a round trip is worth trying (up, or down long enough to try again), without
+    /// claiming the retry.
     pub fn worth_trying(&self) -> bool {
         !self.is_down() || self.now_us() >= self.retry_at_us.load(Ordering::Relaxed)
+    }
+
+    /// Whether this caller may make a round trip now: always while the store is up; while it
+    /// is down, only the one caller that claims the next retry (so when the store times
+    /// out, one request per [`RETRY_DOWN`] waits for it, not every request arriving then).
+    pub fn try_claim(&self) -> bool {
+        if !self.is_down() {
+            return true;
+        }
+        let now = self.now_us();
+        let due = self.retry_at_us.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .retry_at_us
+                .compare_exchange(
+                    due,
+                    now.saturating_add(micros(RETRY_DOWN)),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// Notes a successful request (logs the end of an outage once).
@@ -114,6 +136,13 @@ impl SharedBackend {
         if !self.down.swap(true, Ordering::AcqRel) {
             tracing::warn!(target: LOG, %error, "shared rate limits: store unreachable, each replica limits alone until it is back");
         }
+    }
+
+    /// Makes the next [`SharedBackend::try_claim`] succeed (tests: no waiting for
+    /// [`RETRY_DOWN`]).
+    #[cfg(test)]
+    pub(crate) fn retry_now(&self) {
+        self.retry_at_us.store(0, Ordering::Relaxed);
     }
 
     /// Counts one decision made locally because the store was unreachable.
@@ -310,6 +339,19 @@ impl Approximate {
     pub async fn flush(&self) {
         self.hits_since_flush.store(0, Ordering::Relaxed);
         let keys = std::mem::take(&mut *lock(&self.queue));
+        if keys.is_empty() {
+            return;
+        }
+        if !self.backend.try_claim() {
+            // Down: the hits stay local (see above) and the store is asked again later.
+            for key in keys {
+                if let Some(e) = lock(&self.shards[(key as usize) % SHARDS]).get_mut(&key) {
+                    e.pending = 0;
+                    e.queued = false;
+                }
+            }
+            return;
+        }
         for chunk in keys.chunks(BATCH) {
             let mut batch: Vec<(u64, Box<str>, u32)> = Vec::with_capacity(chunk.len());
             for &key in chunk {
@@ -549,6 +591,13 @@ pub(crate) mod tests {
             Step::Allowed { .. }
         ));
         store.down.store(false, Ordering::Relaxed);
+        three.flush().await;
+        assert!(three.backend.is_down(), "not asked again before RETRY_DOWN");
+        assert!(matches!(
+            three.check(2, || "r:api:j".into()),
+            Step::Allowed { .. }
+        ));
+        three.backend.retry_now();
         three.flush().await;
         assert!(!three.backend.is_down());
         assert_eq!(

@@ -100,9 +100,10 @@ async fn route_limits_count_over_both_replicas() {
         "\"wide_exact\";q=100000;w=1"
     );
 
-    // Approximate: with requests further apart than a sync (5 ms), a replica decides on a
-    // copy that lacks at most the other's last hit (README's bound): 10, at most 11.
-    let ok = through(&a, &b, "/approx", 30, Duration::from_millis(25)).await;
+    // Approximate: with requests further apart than a sync (5 ms; 50 ms leaves room for a
+    // loaded machine), a replica decides on a copy that lacks at most the other's last hit
+    // (README's bound): 10, at most 11.
+    let ok = through(&a, &b, "/approx", 30, Duration::from_millis(50)).await;
     assert!(
         (10..=11).contains(&ok),
         "approximate: {ok} of 30 let through"

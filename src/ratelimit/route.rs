@@ -80,10 +80,10 @@ pub fn key_of<T: Hash + ?Sized>(value: &T) -> u64 {
 /// are not uniform (small integers), but only `key_of` makes them unpredictable: raw
 /// client-chosen values (an IPv6 address as bits) could be aimed at one shard.
 #[derive(Debug, Clone, Copy, Default)]
-struct PreHashed;
+pub(crate) struct PreHashed;
 
 #[derive(Debug, Default)]
-struct PreHashedHasher(u64);
+pub(crate) struct PreHashedHasher(u64);
 
 impl BuildHasher for PreHashed {
     type Hasher = PreHashedHasher;

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
+use crate::ratelimit::route::PreHashed;
 use crate::store::{SharedCounters, StoreError};
 
 const LOG: &str = "gatehouse::ratelimit";
@@ -237,7 +238,8 @@ pub struct Approximate {
     backend: Arc<SharedBackend>,
     interval_us: u64,
     burst: u32,
-    shards: [Mutex<HashMap<u64, Entry>>; SHARDS],
+    /// Keyed by [`key_of`](super::route::key_of) values, already uniform: no second hash.
+    shards: [Mutex<HashMap<u64, Entry, PreHashed>>; SHARDS],
     queue: Mutex<Vec<u64>>,
     hits_since_flush: AtomicU64,
     wake: tokio::sync::Notify,
@@ -266,7 +268,7 @@ impl Approximate {
             backend,
             interval_us: interval_us.max(1),
             burst: burst.max(1),
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::with_hasher(PreHashed))),
             queue: Mutex::new(Vec::new()),
             hits_since_flush: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),

@@ -322,7 +322,8 @@ pub struct LoginLimit {
     pub attempts: u32,
     pub per: Duration,
     pub ip_attempts: u32,
-    /// Default `exact`.
+    /// Default `exact`. Accepted for symmetry; shared login limits are always checked in the
+    /// store (failed logins are rare and each already pays for argon2), see `ratelimit`.
     pub mode: LimitMode,
 }
 

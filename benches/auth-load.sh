@@ -6,17 +6,23 @@
 # mint-tokens.py) and an external IdP's ES256 JWT (tokens.trusted_issuers, JWKS served
 # here), measured interleaved in one run and reported as ratios against the public route.
 # When redis-server is installed, a second Gatehouse on `store.kind: redis` (a redis-server
-# of its own) adds the API-key and JWT rows again: a cache hit must cost the same whichever
+# the script starts) adds the API-key and JWT rows again (rkey, rjwt): a cache hit must cost the same whichever
 # store backs the cache (issue 5).
 #
-#   benches/auth-load.sh [--duration 10s] [--reps 3] [--connections 64] [--no-build]
+#   benches/auth-load.sh [--duration 10s] [--reps 3] [--connections 64] [--no-build] [--shared]
+#
+# --shared adds a third Gatehouse on that redis-server (shared-bench.yaml) with two more
+# rows: a public route under a limit shared in `exact` mode (one Redis round trip per request)
+# and in `approximate` mode (local check, synced every 5 ms); target (issue 5): approximate
+# >= 90% of the public route. ROWS="plain exact approx" runs only those rows (no token
+# minting without `fresh`).
 #
 # Gatehouse and the echo upstream are pinned to SERVER_CPUS (default 1), wrk to LOADGEN_CPUS
 # (default 0). Targets (issue 4): API key >= 95% and cached JWT >= 90% of the public route.
 # Needs: wrk, curl, taskset, cargo, python3 with PyJWT + cryptography (as the tests).
 set -euo pipefail
 
-DURATION=10s REPS=3 CONNS=64 BUILD=1
+DURATION=10s REPS=3 CONNS=64 BUILD=1 SHARED=0
 LOADGEN_CPUS=${LOADGEN_CPUS:-0}
 SERVER_CPUS=${SERVER_CPUS:-1}
 die() { echo "auth-load.sh: $*" >&2; exit 2; }
@@ -27,6 +33,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS=${2:?}; shift 2 ;;
     --connections|-c) CONNS=${2:?}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --shared) SHARED=1; shift ;;
     *) die "unknown argument '$1'" ;;
   esac
 done
@@ -59,7 +66,34 @@ start upstream "$UP" "$BIN" echo --listen "127.0.0.1:$UP"
 "${PIN_GEN[@]}" python3 -m http.server "$JWKS" --bind 127.0.0.1 --directory "$WORK" >"$WORK/jwks.log" 2>&1 </dev/null & PIDS+=("$!")
 export GATEHOUSE_BENCH_PORT=$GH GATEHOUSE_BENCH_ADMIN_PORT=$ADM GATEHOUSE_BENCH_UPSTREAM_PORT=$UP GATEHOUSE_BENCH_DIR=$WORK GATEHOUSE_BENCH_JWKS_PORT=$JWKS
 start gatehouse "$GH" "$BIN" serve --config "$HERE/auth-bench.yaml"
-BASE=http://127.0.0.1:$GH
+BASE=http://127.0.0.1:$GH SHARED_BASE= BASE_R= RP=
+if command -v redis-server >/dev/null; then
+  RP=$(free_port)
+  start redis "$RP" redis-server --bind 127.0.0.1 --port "$RP" --save "" --appendonly no --dir "$WORK"
+  # The same routes on a Redis store: rows rkey and rjwt.
+  GH2=$(free_port); ADM2=$(free_port)
+  sed "s|^store: .*|store: { kind: redis, url: \"redis://127.0.0.1:$RP/0\" }|" "$HERE/auth-bench.yaml" >"$WORK/redis.yaml"
+  GATEHOUSE_BENCH_PORT=$GH2 GATEHOUSE_BENCH_ADMIN_PORT=$ADM2 start gatehouse-redis "$GH2" "$BIN" serve --config "$WORK/redis.yaml"
+  BASE_R=http://127.0.0.1:$GH2
+else
+  echo "auth-load.sh: redis-server not installed; no Redis rows" >&2
+fi
+if [ "$SHARED" = 1 ]; then
+  [ -n "$RP" ] || die "redis-server not found"
+  SGH=$(free_port); SADM=$(free_port)
+  export GATEHOUSE_BENCH_REDIS_PORT=$RP GATEHOUSE_BENCH_SHARED_PORT=$SGH GATEHOUSE_BENCH_SHARED_ADMIN_PORT=$SADM
+  start shared "$SGH" "$BIN" serve --config "$HERE/shared-bench.yaml"
+  SHARED_BASE=http://127.0.0.1:$SGH
+fi
+DEFAULT_ROWS="plain key limited jwt fresh ext"
+[ -n "$BASE_R" ] && DEFAULT_ROWS+=" rkey rjwt"
+[ "$SHARED" = 1 ] && DEFAULT_ROWS+=" exact approx"
+read -r -a ROWS <<<"${ROWS:-$DEFAULT_ROWS}"
+wants() { [[ " ${ROWS[*]} " == *" $1 "* ]]; }
+wants plain || die "ROWS must include plain (the baseline)"
+for r in "${ROWS[@]}"; do case $r in plain|key|limited|jwt|fresh|ext) ;;
+  rkey|rjwt) [ -n "$BASE_R" ] || die "row $r needs redis-server" ;;
+  exact|approx) [ "$SHARED" = 1 ] || die "row $r needs --shared" ;; *) die "unknown row $r" ;; esac; done
 account() { # base tag -> sets TOKEN_<tag>, KEY_<tag>
   curl -sf "$1/auth/register" -H 'content-type: application/json' \
     -d '{"email":"bench@example.com","password":"bench-password-123"}' >"$WORK/reg-$2.json" || die "register failed"
@@ -72,34 +106,27 @@ account() { # base tag -> sets TOKEN_<tag>, KEY_<tag>
 }
 account "$BASE" local
 TOKEN=$TOKEN_local KEY=$KEY_local
-ROWS=(plain key limited jwt fresh ext)
-if command -v redis-server >/dev/null; then
-  RP=$(free_port); GH2=$(free_port); ADM2=$(free_port)
-  start redis "$RP" redis-server --bind 127.0.0.1 --port "$RP" --save "" --appendonly no --dir "$WORK"
-  sed "s|^store: .*|store: { kind: redis, url: \"redis://127.0.0.1:$RP/0\" }|" "$HERE/auth-bench.yaml" >"$WORK/redis.yaml"
-  GATEHOUSE_BENCH_PORT=$GH2 GATEHOUSE_BENCH_ADMIN_PORT=$ADM2 start gatehouse-redis "$GH2" "$BIN" serve --config "$WORK/redis.yaml"
-  BASE_R=http://127.0.0.1:$GH2
-  account "$BASE_R" redis
-  ROWS+=(rkey rjwt)
-else
-  echo "auth-load.sh: redis-server not installed; no Redis rows" >&2
-fi
+if wants rkey || wants rjwt; then account "$BASE_R" redis; fi
 
 EXT=$(python3 "$HERE/mint-tokens.py" ext "$WORK" 1 /dev/stdout | head -1)
 # Fresh tokens: one file per round (warm-up included), each more than a round can send
 # (FRESH_PER_SECOND x duration), so no token is presented twice in a run.
 FRESH_PER_SECOND=${FRESH_PER_SECOND:-12000}
 FRESH_N=$(( FRESH_PER_SECOND * DUR_S ))
-echo "minting $(( (REPS + 1) * FRESH_N )) fresh tokens..." >&2
-for rep in $(seq 0 "$REPS"); do
-  python3 "$HERE/mint-tokens.py" own "$WORK" "$TOKEN" "$FRESH_N" "$WORK/fresh-$rep.txt" || die "minting failed"
-done
+if wants fresh; then
+  echo "minting $(( (REPS + 1) * FRESH_N )) fresh tokens..." >&2
+  for rep in $(seq 0 "$REPS"); do
+    python3 "$HERE/mint-tokens.py" own "$WORK" "$TOKEN" "$FRESH_N" "$WORK/fresh-$rep.txt" || die "minting failed"
+  done
+fi
 curl -sf "$BASE/jwt/check" -H "authorization: Bearer $EXT" >/dev/null || die "external token refused (JWKS not fetched?)"
-curl -sf "$BASE/jwt/check" -H "authorization: Bearer $(head -1 "$WORK/fresh-0.txt")" >/dev/null || die "minted token refused"
+if wants fresh; then curl -sf "$BASE/jwt/check" -H "authorization: Bearer $(head -1 "$WORK/fresh-0.txt")" >/dev/null || die "minted token refused"; fi
+if [ "$SHARED" = 1 ]; then for r in exact approx; do curl -sf "$SHARED_BASE/$r/check" >/dev/null || die "shared route $r refused"; done; fi
 
 run() { # row rep -> "rps p99_us non2xx"
   local row=$1 rep=$2 hdr=() path=$1 script=$HERE/wrk-report.lua base=$BASE
   case $row in
+    exact|approx) base=$SHARED_BASE ;;
     key|limited) hdr=(-H "X-API-Key: $KEY") ;;
     jwt) hdr=(-H "Authorization: Bearer $TOKEN") ;;
     ext) hdr=(-H "Authorization: Bearer $EXT"); path=jwt ;;
@@ -116,7 +143,7 @@ run() { # row rep -> "rps p99_us non2xx"
 declare -A RPS P99
 for r in "${ROWS[@]}"; do run "$r" 0 >/dev/null; done  # warm-up
 for rep in $(seq 1 "$REPS"); do
-  order=("${ROWS[@]}"); [ $(( rep % 2 )) = 0 ] && order=($(printf '%s\n' "${ROWS[@]}" | tac))
+  order=("${ROWS[@]}"); if [ $(( rep % 2 )) = 0 ]; then order=(); for r in "${ROWS[@]}"; do order=("$r" "${order[@]}"); done; fi
   for r in "${order[@]}"; do
     read -r rps p99 errs < <(run "$r" "$rep")
     [ "$errs" = 0 ] || echo "auth-load.sh: $errs failed requests on $r" >&2
@@ -134,6 +161,7 @@ for r in "${ROWS[@]}"; do
   label=$r; case $r in plain) label="public (no auth)";; key) label="API key (cache hit)";;
     limited) label="API key + route limit";; jwt) label="JWT (cache hit)";; fresh) label="JWT fresh (EdDSA)";;
     ext) label="IdP JWT ES256 (hit)";; rkey) label="API key, Redis store";;
-    rjwt) label="JWT, Redis store";; esac
+    rjwt) label="JWT, Redis store";; exact) label="shared limit, exact";;
+    approx) label="shared limit, approx";; esac
   awk -v l="$label" -v m="$m" -v p="$p" -v b="$base" 'BEGIN { printf "%-22s %10d %10d %11.2fx\n", l, m, p, m / b }'
 done

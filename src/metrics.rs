@@ -126,6 +126,7 @@ pub struct Metrics {
     store_latency: Histogram,
     store_errors: Family<StoreErrorLabels, Counter>,
     store_reconnects: Family<StoreLinkLabels, Counter>,
+    ratelimit_fallbacks: Counter,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -266,8 +267,15 @@ impl Metrics {
             "Times a networked store became reachable again after a failure, by link",
             store_reconnects.clone(),
         );
+        let ratelimit_fallbacks = Counter::default();
+        registry.register(
+            "ratelimit_fallbacks",
+            "Rate-limit decisions made by this replica alone because the shared store was unreachable",
+            ratelimit_fallbacks.clone(),
+        );
         Metrics {
             registry,
+            ratelimit_fallbacks,
             store_latency,
             store_errors,
             store_reconnects,
@@ -335,6 +343,10 @@ impl Metrics {
         self.store_errors
             .get_or_create(&StoreErrorLabels { kind })
             .inc();
+    }
+
+    pub fn ratelimit_fallback(&self) {
+        self.ratelimit_fallbacks.inc();
     }
 
     pub fn store_reconnect(&self, link: StoreLink) {

@@ -13,6 +13,7 @@ use crate::config::{Config, RateLimitPolicy, RouteConfig, StoreConfig, Target};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::pool::{Endpoint, Pool, Transport, client_tls};
 use crate::ratelimit::route::{Limiter, RouteLimiters};
+use crate::ratelimit::shared::SharedBackend;
 use crate::router::Router;
 use crate::store::{RedisOptions, RedisStore, SqliteStore, Store, StoreError};
 use arc_swap::ArcSwap;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Chosen at start; a reload cannot switch stores.
     pub store: Arc<dyn Store>,
+    /// The store's shared rate-limit counters (Redis); `None`: limits are per process.
+    pub limits: Option<Arc<SharedBackend>>,
     /// One connection pool per (target, connect timeout), kept across reloads so a reload does
     /// not throw away warm upstream connections.
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
@@ -67,6 +70,9 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     pub fn new(metrics: Arc<Metrics>, store: Arc<dyn Store>) -> Shared {
         Shared {
+            limits: store
+                .counters()
+                .map(|c| SharedBackend::new(c, Some(Arc::clone(&metrics)))),
             metrics,
             store,
             pools: Mutex::new(HashMap::new()),
@@ -218,8 +224,11 @@ impl Snapshot {
             .iter()
             .map(|r| (r.name.as_str(), r.rate_limit.as_ref()));
         let limiters = match previous {
-            Some(prev) => prev.limiters.carry_over(&config.rate_limits.default, named),
-            None => RouteLimiters::new(&config.rate_limits.default, named),
+            Some(prev) => {
+                prev.limiters
+                    .carry_over(&config.rate_limits.default, named, shared.limits.as_ref())
+            }
+            None => RouteLimiters::new(&config.rate_limits.default, named, shared.limits.as_ref()),
         };
         let pools = shared.pools_for(&config);
         let routes = config

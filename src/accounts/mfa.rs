@@ -422,7 +422,8 @@ impl Accounts {
         let limits = login_limits(cfg);
         let key = limiter_key(&user_id);
         let ip = client.ip.to_string();
-        if let Decision::Limited { retry_after } = self.login_limiter.check(&key, &ip, limits, now)
+        if let Decision::Limited { retry_after } =
+            self.login_limiter.check(&key, &ip, limits, now).await
         {
             return Err(login_limited(cfg, retry_after));
         }
@@ -439,7 +440,7 @@ impl Accounts {
             .filter(|s| s.confirmed)
             .ok_or(AccountError::InvalidMfaToken)?;
         let Some(accepted) = self.accept_code(&user.id, &state, code, true, now).await? else {
-            self.login_limiter.failed(&key, &ip, limits, now);
+            self.login_limiter.failed(&key, &ip, limits, now).await;
             return Err(AccountError::InvalidCredentials);
         };
         // The code is spent; now the token. (A concurrent verify with another valid code may
@@ -449,7 +450,7 @@ impl Accounts {
             .consume_one_time_token(&token_hash, OneTimeKind::MfaPending, now)
             .await?
             .ok_or(AccountError::InvalidMfaToken)?;
-        self.login_limiter.succeeded(&key, &ip);
+        self.login_limiter.succeeded(&key, &ip).await;
         let payload: PendingPayload =
             serde_json::from_value(used.payload).map_err(|_| AccountError::InvalidMfaToken)?;
         let mut amr = payload.amr;
@@ -575,7 +576,8 @@ impl Accounts {
         let limits = login_limits(cfg);
         let key = limiter_key(&user.id);
         let ip = client.ip.to_string();
-        if let Decision::Limited { retry_after } = self.login_limiter.check(&key, &ip, limits, now)
+        if let Decision::Limited { retry_after } =
+            self.login_limiter.check(&key, &ip, limits, now).await
         {
             return Err(login_limited(cfg, retry_after));
         }
@@ -587,10 +589,10 @@ impl Accounts {
             .await?
             .is_none()
         {
-            self.login_limiter.failed(&key, &ip, limits, now);
+            self.login_limiter.failed(&key, &ip, limits, now).await;
             return Err(code_issue("is not a valid TOTP or recovery code"));
         }
-        self.login_limiter.succeeded(&key, &ip);
+        self.login_limiter.succeeded(&key, &ip).await;
         self.clear_mfa(user, now).await?;
         tracing::info!(target: "gatehouse::accounts", user_id = %user.id, "TOTP MFA disabled");
         Ok(())

@@ -359,6 +359,12 @@ impl Accounts {
         Ok(Self::new(store, auth, now))
     }
 
+    /// Counts failed logins in the store's shared counters (Redis), so the login limits
+    /// add up over every replica.
+    pub fn share_login_limits(&self, backend: Arc<crate::ratelimit::shared::SharedBackend>) {
+        self.login_limiter.share(backend);
+    }
+
     /// Gives the service its mailer, replacing the previous one (which delivers what it
     /// has queued, then stops).
     pub fn set_mailer(&self, mailer: Arc<crate::mail::Mailer>) {
@@ -628,8 +634,10 @@ impl Accounts {
         let limits = login_limits(cfg);
         let account_key = id.limiter_key();
         let ip = client.ip.to_string();
-        if let Decision::Limited { retry_after } =
-            self.login_limiter.check(&account_key, &ip, limits, now)
+        if let Decision::Limited { retry_after } = self
+            .login_limiter
+            .check(&account_key, &ip, limits, now)
+            .await
         {
             return Err(login_limited(cfg, retry_after));
         }
@@ -642,11 +650,13 @@ impl Accounts {
         let user = match (ok, user) {
             (true, Some(user)) => user,
             _ => {
-                self.login_limiter.failed(&account_key, &ip, limits, now);
+                self.login_limiter
+                    .failed(&account_key, &ip, limits, now)
+                    .await;
                 return Err(AccountError::InvalidCredentials);
             }
         };
-        self.login_limiter.succeeded(&account_key, &ip);
+        self.login_limiter.succeeded(&account_key, &ip).await;
         if user.disabled {
             return Err(AccountError::Disabled);
         }
@@ -1057,8 +1067,10 @@ impl Accounts {
         // The account is unknown until the key is; its visible prefix stands in for it.
         let account_key = format!("k:{}", key.get(..12).unwrap_or(key));
         let ip = client.ip.to_string();
-        if let Decision::Limited { retry_after } =
-            self.login_limiter.check(&account_key, &ip, limits, now)
+        if let Decision::Limited { retry_after } = self
+            .login_limiter
+            .check(&account_key, &ip, limits, now)
+            .await
         {
             return Err(login_limited(cfg, retry_after));
         }
@@ -1075,10 +1087,12 @@ impl Accounts {
             None => None,
         };
         let Some(user) = user else {
-            self.login_limiter.failed(&account_key, &ip, limits, now);
+            self.login_limiter
+                .failed(&account_key, &ip, limits, now)
+                .await;
             return Err(AccountError::InvalidCredentials);
         };
-        self.login_limiter.succeeded(&account_key, &ip);
+        self.login_limiter.succeeded(&account_key, &ip).await;
         if user.disabled {
             return Err(AccountError::Disabled);
         }
@@ -1186,7 +1200,8 @@ impl Accounts {
         let limits = login_limits(cfg);
         let key = format!("id:{}", caller.user.id);
         let ip = client.ip.to_string();
-        if let Decision::Limited { retry_after } = self.login_limiter.check(&key, &ip, limits, now)
+        if let Decision::Limited { retry_after } =
+            self.login_limiter.check(&key, &ip, limits, now).await
         {
             return Err(login_limited(cfg, retry_after));
         }
@@ -1197,10 +1212,10 @@ impl Accounts {
             )]));
         };
         if password::verify_blocking(password, caller.user.password_hash.clone()).await? {
-            self.login_limiter.succeeded(&key, &ip);
+            self.login_limiter.succeeded(&key, &ip).await;
             Ok(())
         } else {
-            self.login_limiter.failed(&key, &ip, limits, now);
+            self.login_limiter.failed(&key, &ip, limits, now).await;
             Err(AccountError::Invalid(vec![FieldIssue::invalid(
                 field,
                 "is not the account's password",

@@ -24,8 +24,8 @@ mod defaults {
     use std::time::Duration;
 
     use super::super::{
-        AuthMode, CredentialKind, LimitKey, LogFormat, RegistrationMode, SameSite, SigningAlg,
-        TokenAuth,
+        AuthMode, CredentialKind, LimitKey, LimitMode, LogFormat, RegistrationMode, SameSite,
+        SigningAlg, TokenAuth,
     };
 
     const fn secs(s: u64) -> Duration {
@@ -75,6 +75,10 @@ mod defaults {
     pub const RATE_REQUESTS: u32 = 100;
     pub const RATE_PER: Duration = secs(1);
     pub const LIMIT_KEY: LimitKey = LimitKey::Credential;
+    // Route limits are checked on every proxied request, where a Redis round trip costs as
+    // much as the request itself; failed logins are rare and already pay for argon2.
+    pub const ROUTE_LIMIT_MODE: LimitMode = LimitMode::Approximate;
+    pub const LOGIN_LIMIT_MODE: LimitMode = LimitMode::Exact;
     pub const LOGIN_ATTEMPTS: u32 = 5;
     pub const LOGIN_PER: Duration = secs(15 * 60);
     pub const LOGIN_IP_ATTEMPTS: u32 = 100;
@@ -127,6 +131,10 @@ const LIMIT_KEYS: &[(&str, LimitKey)] = &[
     ("credential", LimitKey::Credential),
     ("user", LimitKey::User),
     ("ip", LimitKey::Ip),
+];
+const LIMIT_MODES: &[(&str, LimitMode)] = &[
+    ("exact", LimitMode::Exact),
+    ("approximate", LimitMode::Approximate),
 ];
 const AUTH_MODES: &[(&str, AuthMode)] = &[
     ("public", AuthMode::Public),
@@ -596,12 +604,16 @@ fn policy(mut m: MapReader<'_>, fallback: Option<(u32, Duration)>) -> RateLimitP
     let burst = m.u32("burst").unwrap_or(requests);
     m.check("burst", burst >= 1, "must be at least 1");
     let key = m.choice("key", LIMIT_KEYS).unwrap_or(defaults::LIMIT_KEY);
+    let mode = m
+        .choice("mode", LIMIT_MODES)
+        .unwrap_or(defaults::ROUTE_LIMIT_MODE);
     m.finish();
     RateLimitPolicy {
         requests,
         per,
         burst,
         key,
+        mode,
     }
 }
 
@@ -612,11 +624,15 @@ fn login_limit(mut m: MapReader<'_>) -> LoginLimit {
     m.check("per", !per.is_zero(), "must be greater than 0");
     let ip_attempts = m.u32("ip_attempts").unwrap_or(defaults::LOGIN_IP_ATTEMPTS);
     m.check("ip_attempts", ip_attempts >= 1, "must be at least 1");
+    let mode = m
+        .choice("mode", LIMIT_MODES)
+        .unwrap_or(defaults::LOGIN_LIMIT_MODE);
     m.finish();
     LoginLimit {
         attempts,
         per,
         ip_attempts,
+        mode,
     }
 }
 
@@ -2258,6 +2274,19 @@ bogus: 1
         assert_eq!(c.rate_limits.default.burst, 20);
         assert_eq!(c.rate_limits.login.attempts, 3);
         assert_eq!(c.rate_limits.login.ip_attempts, 100);
+        assert_eq!(c.rate_limits.default.mode, LimitMode::Approximate);
+        assert_eq!(c.rate_limits.login.mode, LimitMode::Exact);
+        let c =
+            parse_ok("rate_limits: { default: { mode: exact }, login: { mode: approximate } }\n");
+        assert_eq!(c.rate_limits.default.mode, LimitMode::Exact);
+        assert_eq!(c.rate_limits.login.mode, LimitMode::Approximate);
+        assert_eq!(
+            errors("rate_limits:\n  login: { mode: fuzzy }\n"),
+            [
+                "2:18: `rate_limits.login.mode`: invalid value \"fuzzy\" (expected one of: \
+              exact, approximate)"
+            ]
+        );
         assert_eq!(
             errors(
                 "rate_limits:\n  default: { requests: 0, per: 0s, burst: 0, key: session }\n  register: { per: 0 }\n  email: { requests: 0 }\n"
@@ -2271,6 +2300,20 @@ bogus: 1
                 "3:20: `rate_limits.register.per`: must be greater than 0",
                 "4:22: `rate_limits.email.requests`: must be at least 1",
             ]
+        );
+        let c = parse_ok(&route_yaml(
+            "    rate_limit: { requests: 7, per: 1m, mode: exact }\n",
+        ));
+        assert_eq!(
+            c.routes[0].rate_limit.as_ref().unwrap().mode,
+            LimitMode::Exact
+        );
+        assert_eq!(
+            errors(&route_yaml(
+                "    rate_limit: { requests: 7, per: 1m, mode: strict }\n"
+            ))
+            .len(),
+            1
         );
         let c = parse_ok(&route_yaml("    rate_limit: { requests: 7, per: 1m }\n"));
         let limit = c.routes[0].rate_limit.as_ref().unwrap();

@@ -297,12 +297,24 @@ pub enum LimitKey {
     Ip,
 }
 
+/// How a limit is shared between replicas when the store is Redis (no effect on SQLite: one
+/// process is exact already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitMode {
+    /// Every check is one Redis round trip (GCRA in a Lua script).
+    Exact,
+    /// Counted locally, reconciled with Redis in the background every few milliseconds.
+    Approximate,
+}
+
 #[derive(Debug, Clone)]
 pub struct RateLimitPolicy {
     pub requests: u32,
     pub per: Duration,
     pub burst: u32,
     pub key: LimitKey,
+    /// Default `approximate`.
+    pub mode: LimitMode,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +322,9 @@ pub struct LoginLimit {
     pub attempts: u32,
     pub per: Duration,
     pub ip_attempts: u32,
+    /// Default `exact`. Accepted for symmetry; shared login limits are always checked in the
+    /// store (failed logins are rare and each already pays for argon2), see `ratelimit`.
+    pub mode: LimitMode,
 }
 
 #[derive(Debug, Clone)]

@@ -5,8 +5,9 @@
 //! 4. policy: `public` / `optional` / `required`, roles, scopes, publishable keys, and the
 //!    CSRF check of cookie-authenticated unsafe requests;
 //! 5. rate limit: the route's GCRA limiter (its own `rate_limit`, else the default policy),
-//!    keyed by credential, user or client IP; 429 with `Retry-After`, and the `RateLimit-*`
-//!    headers on every answer of the route;
+//!    keyed by credential, user or client IP, shared by the replicas when the store is Redis
+//!    (`exact`: one awaited round trip; `approximate`: decided locally); 429 with
+//!    `Retry-After`, and the `RateLimit-*` headers on every answer of the route;
 //! 6. headers: hop-by-hop removal, owned-header deletion, credential removal (unless
 //!    `forward_credentials`), identity injection, `X-Forwarded-*`, `strip_prefix`;
 //! 7. upstream: pick a target, forward, stream the answer back (WebSocket upgrades spliced).
@@ -29,7 +30,7 @@ use crate::body::ResBody;
 use crate::config::LimitKey;
 use crate::principal::Principal;
 use crate::problem::{ApiError, RATELIMIT, RATELIMIT_POLICY, RateLimitInfo};
-use crate::ratelimit::route::{RateDecision, key_of};
+use crate::ratelimit::route::{RateDecision, Who};
 use crate::state::{CompiledRoute, RequestCtx, Shared, Snapshot};
 
 /// Path and query as the upstream sees them: `strip_prefix` removed, never empty.
@@ -76,7 +77,7 @@ pub async fn handle(
         },
     )
     .await?;
-    let rate_headers = rate_limit(ctx, route, &principal, req.headers(), snapshot)?;
+    let rate_headers = rate_limit(ctx, route, &principal, req.headers(), snapshot).await?;
 
     if let (Some(limit), Some(len)) = (route.config.max_body, content_length(req.headers()))
         && len > limit
@@ -187,7 +188,7 @@ pub async fn handle(
 
 /// Phase 5: counts the request against the route's limiter; the `RateLimit-Policy` and
 /// `RateLimit` values to send back when it may go on.
-fn rate_limit(
+async fn rate_limit(
     ctx: &RequestCtx,
     route: &CompiledRoute,
     principal: &Principal,
@@ -197,22 +198,28 @@ fn rate_limit(
     let limiter = &route.limiter;
     let ip = || ctx.real_client_ip(headers, &snapshot.config.trusted_proxies);
     // Anonymous callers (and, for `user`, app principals) fall back to their address.
-    let key = match limiter.key_kind() {
+    let who = match limiter.key_kind() {
         LimitKey::Credential => {
             match (&principal.key_id, &principal.session_id, &principal.user_id) {
-                (Some(k), _, _) => key_of(&("k", k)),
-                (None, Some(s), _) => key_of(&("s", s)),
-                (None, None, Some(u)) => key_of(&("u", u)),
-                (None, None, None) => key_of(&ip()),
+                (Some(k), _, _) => Who::Key(k),
+                (None, Some(s), _) => Who::Session(s),
+                (None, None, Some(u)) => Who::User(u),
+                (None, None, None) => Who::Ip(ip()),
             }
         }
         LimitKey::User => match &principal.user_id {
-            Some(u) => key_of(&("u", u)),
-            None => key_of(&ip()),
+            Some(u) => Who::User(u),
+            None => Who::Ip(ip()),
         },
-        LimitKey::Ip => key_of(&ip()),
+        LimitKey::Ip => Who::Ip(ip()),
     };
-    let decision = limiter.check(key);
+    // Only a shared exact policy waits (one store round trip); local and approximate
+    // decisions are made on the spot.
+    let decision = if limiter.round_trips() {
+        limiter.check_exact(&who).await
+    } else {
+        limiter.check_who(&who)
+    };
     match decision {
         RateDecision::Allowed { .. } => Ok(limiter.headers(&decision)),
         RateDecision::Limited { retry_after_secs } => {

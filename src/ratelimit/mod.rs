@@ -2,10 +2,18 @@
 //!
 //! Owns: the login-failure limiter (failed logins per account+IP and per IP, SPEC section 5)
 //! and the plain request counters for register and the e-mail flows. The proxy path's
-//! per-route limits (governor, shared Redis mode) arrive with the proxy-path issue.
+//! per-route limits are in [`route`], their sharing between replicas in [`shared`].
 //!
-//! Must not touch: HTTP or the store. Every call takes `now` (milliseconds), so tests run on
-//! a fake clock and nothing sleeps.
+//! Must not touch: HTTP, or the store beyond its [`SharedCounters`](crate::store::SharedCounters)
+//! trait. Every local call takes `now` (milliseconds), so tests run on a fake clock and
+//! nothing sleeps.
+//!
+//! With a shared store (Redis) the login limiter counts failures there, so they add up over
+//! every replica: always one round trip per check (whatever the policy's `mode`: failed
+//! logins are rare and each already costs an argon2 verification, so there is nothing to
+//! gain by approximating), in fixed windows that start at the first failure and expire with
+//! Redis's clock. Failures are counted locally as well, and while the store is unreachable
+//! the local counts decide (per replica), as for routes.
 //!
 //! Fixed windows rather than GCRA here: the contract is stated as "N failures per window"
 //! ("the 6th failed login in the window is 429"), a failure must be counted only after the
@@ -13,10 +21,14 @@
 //! `Retry-After` a client sees is simply the end of its window.
 
 pub mod route;
+pub mod shared;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use crate::ratelimit::shared::SharedBackend;
+use crate::store::WindowState;
 
 /// Milliseconds since the Unix epoch, as the rest of the account domain counts time.
 pub type Millis = i64;
@@ -150,6 +162,8 @@ fn decide(w: &Window, limit: u32, per_ms: Millis, now: Millis) -> Decision {
 pub struct LoginLimiter {
     per_account: WindowCounter,
     per_ip: WindowCounter,
+    /// Set once when the store is shared; until then (and without) failures count locally.
+    shared: OnceLock<Arc<SharedBackend>>,
 }
 
 /// The limits a [`LoginLimiter`] applies, taken from `rate_limits.login` at each call.
@@ -169,14 +183,65 @@ impl LoginLimiter {
         Self::default()
     }
 
+    /// Counts failures in `backend` from now on, so they add up over the replicas.
+    pub fn share(&self, backend: Arc<SharedBackend>) {
+        let _ = self.shared.set(backend); // set once at start; a second call changes nothing
+    }
+
     fn account_key(account: &str, ip: &str) -> String {
         // The separator cannot appear in an IP address, so keys cannot collide.
         format!("{ip}|{account}")
     }
 
+    /// The shared windows' names: both carry the IP as hash tag (one cluster slot, so one
+    /// script reads or counts both, while different clients spread over the slots); the
+    /// account is hashed, so identifiers do not appear in the store.
+    fn shared_keys(account: &str, ip: &str) -> [String; 2] {
+        [
+            shared::shared_name(&format!("l:{{{ip}}}:a:"), "acct", account),
+            format!("l:{{{ip}}}:ip"),
+        ]
+    }
+
+    /// The backend, if shared and worth a round trip now.
+    fn backend(&self) -> Option<&Arc<SharedBackend>> {
+        self.shared.get().filter(|b| b.try_claim())
+    }
+
     /// Whether a login for `account` (its normalised identifier) from `ip` may be tried.
     /// While either counter is over its limit even the right password is refused.
-    pub fn check(&self, account: &str, ip: &str, limits: LoginLimits, now: Millis) -> Decision {
+    pub async fn check(
+        &self,
+        account: &str,
+        ip: &str,
+        limits: LoginLimits,
+        now: Millis,
+    ) -> Decision {
+        if let Some(b) = self.backend() {
+            let keys = Self::shared_keys(account, ip);
+            match b
+                .counters()
+                .window_peek(&[keys[0].as_str(), keys[1].as_str()])
+                .await
+            {
+                Ok(w) if w.len() == 2 => {
+                    b.succeeded();
+                    return combine(
+                        shared_decision(w[0], limits.attempts),
+                        shared_decision(w[1], limits.ip_attempts),
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => b.failed(&error),
+            }
+        }
+        if let Some(b) = self.shared.get() {
+            b.fell_back();
+        }
+        self.check_local(account, ip, limits, now)
+    }
+
+    fn check_local(&self, account: &str, ip: &str, limits: LoginLimits, now: Millis) -> Decision {
         let by_account = self.per_account.peek(
             &Self::account_key(account, ip),
             limits.attempts,
@@ -184,25 +249,11 @@ impl LoginLimiter {
             now,
         );
         let by_ip = self.per_ip.peek(ip, limits.ip_attempts, limits.per, now);
-        match (by_account, by_ip) {
-            (Decision::Limited { retry_after: a }, Decision::Limited { retry_after: b }) => {
-                Decision::Limited {
-                    retry_after: a.max(b),
-                }
-            }
-            (limited @ Decision::Limited { .. }, _) | (_, limited @ Decision::Limited { .. }) => {
-                limited
-            }
-            (Decision::Allowed { remaining: a }, Decision::Allowed { remaining: b }) => {
-                Decision::Allowed {
-                    remaining: a.min(b),
-                }
-            }
-        }
+        combine(by_account, by_ip)
     }
 
-    /// Counts a failed attempt against both counters.
-    pub fn failed(&self, account: &str, ip: &str, limits: LoginLimits, now: Millis) {
+    /// Counts a failed attempt against both counters (shared and local).
+    pub async fn failed(&self, account: &str, ip: &str, limits: LoginLimits, now: Millis) {
         self.per_account.hit(
             &Self::account_key(account, ip),
             limits.attempts,
@@ -210,12 +261,62 @@ impl LoginLimiter {
             now,
         );
         self.per_ip.hit(ip, limits.ip_attempts, limits.per, now);
+        if let Some(b) = self.backend() {
+            let keys = Self::shared_keys(account, ip);
+            let per_ms = u64::try_from(duration_ms(limits.per)).unwrap_or(u64::MAX);
+            match b
+                .counters()
+                .window_hit(&[keys[0].as_str(), keys[1].as_str()], per_ms)
+                .await
+            {
+                Ok(()) => b.succeeded(),
+                Err(error) => b.failed(&error),
+            }
+        }
     }
 
     /// A successful login clears the account+IP counter (the per-IP one keeps counting, so
     /// one valid account cannot be used to reset a spraying IP's budget).
-    pub fn succeeded(&self, account: &str, ip: &str) {
+    pub async fn succeeded(&self, account: &str, ip: &str) {
         self.per_account.reset(&Self::account_key(account, ip));
+        if let Some(b) = self.backend() {
+            let [key, _] = Self::shared_keys(account, ip);
+            match b.counters().window_reset(&key).await {
+                Ok(()) => b.succeeded(),
+                Err(error) => b.failed(&error),
+            }
+        }
+    }
+}
+
+fn combine(by_account: Decision, by_ip: Decision) -> Decision {
+    match (by_account, by_ip) {
+        (Decision::Limited { retry_after: a }, Decision::Limited { retry_after: b }) => {
+            Decision::Limited {
+                retry_after: a.max(b),
+            }
+        }
+        (limited @ Decision::Limited { .. }, _) | (_, limited @ Decision::Limited { .. }) => {
+            limited
+        }
+        (Decision::Allowed { remaining: a }, Decision::Allowed { remaining: b }) => {
+            Decision::Allowed {
+                remaining: a.min(b),
+            }
+        }
+    }
+}
+
+/// A shared window against `limit`: refused once `limit` failures are in it, until it ends.
+fn shared_decision(w: WindowState, limit: u32) -> Decision {
+    if w.count < limit {
+        Decision::Allowed {
+            remaining: limit - w.count,
+        }
+    } else {
+        Decision::Limited {
+            retry_after: Duration::from_millis(w.left_ms),
+        }
     }
 }
 
@@ -258,8 +359,8 @@ mod tests {
         assert!(!c.peek("k", 1, MIN, 0).is_allowed());
     }
 
-    #[test]
-    fn sixth_failure_is_refused_and_success_resets_the_account() {
+    #[tokio::test]
+    async fn sixth_failure_is_refused_and_success_resets_the_account() {
         let l = LoginLimiter::new();
         let limits = LoginLimits {
             attempts: 5,
@@ -267,22 +368,27 @@ mod tests {
             per: Duration::from_secs(900),
         };
         for _ in 0..5 {
-            assert!(l.check("alice", "1.2.3.4", limits, 0).is_allowed());
-            l.failed("alice", "1.2.3.4", limits, 0);
+            assert!(l.check("alice", "1.2.3.4", limits, 0).await.is_allowed());
+            l.failed("alice", "1.2.3.4", limits, 0).await;
         }
-        let Decision::Limited { retry_after } = l.check("alice", "1.2.3.4", limits, 100_000) else {
+        let Decision::Limited { retry_after } = l.check("alice", "1.2.3.4", limits, 100_000).await
+        else {
             panic!("sixth attempt allowed");
         };
         assert_eq!(retry_after, Duration::from_secs(800));
         // Another IP and another account are unaffected.
-        assert!(l.check("alice", "5.6.7.8", limits, 0).is_allowed());
-        assert!(l.check("bob", "1.2.3.4", limits, 0).is_allowed());
-        l.succeeded("alice", "1.2.3.4");
-        assert!(l.check("alice", "1.2.3.4", limits, 100_000).is_allowed());
+        assert!(l.check("alice", "5.6.7.8", limits, 0).await.is_allowed());
+        assert!(l.check("bob", "1.2.3.4", limits, 0).await.is_allowed());
+        l.succeeded("alice", "1.2.3.4").await;
+        assert!(
+            l.check("alice", "1.2.3.4", limits, 100_000)
+                .await
+                .is_allowed()
+        );
     }
 
-    #[test]
-    fn per_ip_budget_spans_accounts() {
+    #[tokio::test]
+    async fn per_ip_budget_spans_accounts() {
         let l = LoginLimiter::new();
         let limits = LoginLimits {
             attempts: 5,
@@ -290,12 +396,12 @@ mod tests {
             per: MIN,
         };
         for account in ["a", "b", "c"] {
-            l.failed(account, "9.9.9.9", limits, 0);
+            l.failed(account, "9.9.9.9", limits, 0).await;
         }
-        assert!(!l.check("d", "9.9.9.9", limits, 0).is_allowed());
-        l.succeeded("d", "9.9.9.9");
-        assert!(!l.check("d", "9.9.9.9", limits, 0).is_allowed());
-        assert!(l.check("d", "9.9.9.9", limits, 60_000).is_allowed());
+        assert!(!l.check("d", "9.9.9.9", limits, 0).await.is_allowed());
+        l.succeeded("d", "9.9.9.9").await;
+        assert!(!l.check("d", "9.9.9.9", limits, 0).await.is_allowed());
+        assert!(l.check("d", "9.9.9.9", limits, 60_000).await.is_allowed());
     }
 
     #[test]
@@ -307,5 +413,47 @@ mod tests {
         assert_eq!(c.len(), SWEEP_ABOVE);
         c.hit("late", 1, MIN, 120_000);
         assert_eq!(c.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn shared_failures_add_up_over_replicas_and_fall_back_locally() {
+        use crate::ratelimit::shared::tests::FakeCounters;
+        use std::sync::atomic::Ordering;
+        let store = Arc::new(FakeCounters::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (a, b) = (LoginLimiter::new(), LoginLimiter::new());
+        for l in [&a, &b] {
+            l.share(SharedBackend::new(store.clone(), Some(metrics.clone())));
+        }
+        let limits = LoginLimits {
+            attempts: 3,
+            ip_attempts: 100,
+            per: MIN,
+        };
+        for l in [&a, &b, &a] {
+            assert!(l.check("eve", "1.1.1.1", limits, 0).await.is_allowed());
+            l.failed("eve", "1.1.1.1", limits, 0).await;
+        }
+        for l in [&a, &b] {
+            let Decision::Limited { retry_after } = l.check("eve", "1.1.1.1", limits, 0).await
+            else {
+                panic!("the fourth failure overall is refused on every replica");
+            };
+            assert_eq!(retry_after, MIN);
+        }
+        // A success on B clears the account's shared counter for A too.
+        b.succeeded("eve", "1.1.1.1").await;
+        assert!(a.check("eve", "1.1.1.1", limits, 0).await.is_allowed());
+
+        // Store down: each replica counts alone (A has its own 2 failures locally).
+        store.down.store(true, Ordering::Relaxed);
+        a.failed("eve", "1.1.1.1", limits, 0).await;
+        assert!(!a.check("eve", "1.1.1.1", limits, 0).await.is_allowed());
+        assert!(b.check("eve", "1.1.1.1", limits, 0).await.is_allowed());
+        assert!(
+            metrics
+                .encode()
+                .contains("gatehouse_ratelimit_fallbacks_total 2")
+        );
     }
 }

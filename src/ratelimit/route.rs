@@ -7,8 +7,11 @@
 //! hash callers turn a credential, user id or IP into a key with) and [`RouteLimiters`] (the
 //! limiters of one config snapshot, by route index).
 //!
-//! Must not touch: HTTP beyond building header values, the store, the router. Which key a
-//! request has (`LimitKey`) is the caller's business; this module only counts.
+//! Must not touch: HTTP beyond building header values, the store beyond its
+//! [`SharedCounters`](crate::store::SharedCounters) (through [`super::shared`]), the router.
+//! Which key a request has (`LimitKey`, [`Who`]) is the caller's business; this module only
+//! counts. With a shared store, a limiter's buckets live in Redis (exact mode) or are local
+//! copies synced in the background (approximate mode); see [`super::shared`].
 //!
 //! Time comes from a governor [`Clock`]: production uses the default (quanta) clock, tests a
 //! `FakeRelativeClock` they advance, so nothing sleeps.
@@ -34,7 +37,9 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use http::HeaderValue;
 
-use crate::config::{LimitKey, RateLimitPolicy};
+use crate::config::{LimitKey, LimitMode, RateLimitPolicy};
+use crate::ratelimit::shared::{self, Approximate, SharedBackend, Step};
+use crate::store::GcraReply;
 
 /// Above this many tracked keys, [`RouteLimiter::check`] sweeps idle keys itself (besides the
 /// server's periodic [`RouteLimiter::housekeeping`]). After a sweep the bound becomes twice
@@ -75,10 +80,10 @@ pub fn key_of<T: Hash + ?Sized>(value: &T) -> u64 {
 /// are not uniform (small integers), but only `key_of` makes them unpredictable: raw
 /// client-chosen values (an IPv6 address as bits) could be aimed at one shard.
 #[derive(Debug, Clone, Copy, Default)]
-struct PreHashed;
+pub(crate) struct PreHashed;
 
 #[derive(Debug, Default)]
-struct PreHashedHasher(u64);
+pub(crate) struct PreHashedHasher(u64);
 
 impl BuildHasher for PreHashed {
     type Hasher = PreHashedHasher;
@@ -104,6 +109,56 @@ impl Hasher for PreHashedHasher {
         // Fibonacci hashing: odd multiplier, so a bijection on u64.
         self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
+}
+
+/// Who a request is counted as: the caller's credential, user id or address.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    /// An API key's id.
+    Key(&'a str),
+    /// A session's id (token or cookie).
+    Session(&'a str),
+    /// A user's id.
+    User(&'a str),
+    /// The client's address.
+    Ip(std::net::IpAddr),
+}
+
+impl Who<'_> {
+    /// The key of this process's local buckets ([`key_of`]).
+    pub fn local_key(&self) -> u64 {
+        match self {
+            Who::Key(k) => key_of(&("k", k)),
+            Who::Session(s) => key_of(&("s", s)),
+            Who::User(u) => key_of(&("u", u)),
+            Who::Ip(ip) => key_of(ip),
+        }
+    }
+
+    /// The name of its bucket in the shared store (the same on every replica).
+    fn shared_name(&self, prefix: &str) -> String {
+        match self {
+            Who::Key(k) => shared::shared_name(prefix, "k", k),
+            Who::Session(s) => shared::shared_name(prefix, "s", s),
+            Who::User(u) => shared::shared_name(prefix, "u", u),
+            Who::Ip(ip) => shared::shared_name(prefix, "ip", &ip.to_string()),
+        }
+    }
+}
+
+/// How a limiter shares its buckets with other replicas (store `redis` only).
+enum Sharing {
+    /// One round trip per check.
+    Exact {
+        backend: Arc<SharedBackend>,
+        prefix: String,
+        interval_us: u64,
+    },
+    /// Local copies synced in the background.
+    Approximate {
+        state: Arc<Approximate>,
+        prefix: String,
+    },
 }
 
 /// governor's keyed GCRA with the state snapshot on allowed requests (for `remaining`).
@@ -149,6 +204,8 @@ pub struct RouteLimiter<C: Clock = DefaultClock> {
     /// `check` sweeps when more keys than this are tracked.
     sweep_above: AtomicUsize,
     sweeping: AtomicBool,
+    /// `None`: this process alone (SQLite, or `requests: 0`).
+    sharing: Option<Sharing>,
 }
 
 impl<C: Clock> fmt::Debug for RouteLimiter<C> {
@@ -206,7 +263,97 @@ impl<C: Clock> RouteLimiter<C> {
             min_sweep_above: SWEEP_ABOVE,
             sweep_above: AtomicUsize::new(SWEEP_ABOVE),
             sweeping: AtomicBool::new(false),
+            sharing: None,
         }
+    }
+
+    /// Shares the buckets through `backend` in the policy's mode, under the route's name
+    /// (one bucket set per route, as locally). Approximate mode starts its background sync,
+    /// so this must run inside a Tokio runtime.
+    pub fn shared_through(mut self, route: &str, backend: Option<&Arc<SharedBackend>>) -> Self {
+        let (Some(backend), Some(_)) = (backend, &self.gcra) else {
+            return self;
+        };
+        // The store counts microseconds: intervals under 1 us (over a million requests per
+        // second per key) become 1 us.
+        let interval_us = (self.interval_nanos / 1_000).max(1);
+        let prefix = shared::key_prefix("r", route);
+        self.sharing = Some(match self.policy.mode {
+            LimitMode::Exact => Sharing::Exact {
+                backend: Arc::clone(backend),
+                prefix,
+                interval_us,
+            },
+            LimitMode::Approximate => {
+                let state = Approximate::new(Arc::clone(backend), interval_us, self.burst);
+                state.spawn_flusher();
+                Sharing::Approximate { state, prefix }
+            }
+        });
+        self
+    }
+
+    /// Whether [`RouteLimiter::check_exact`] should be awaited for this request: the policy
+    /// is shared in exact mode and the store is up (or due for another try). Otherwise
+    /// [`RouteLimiter::check_who`] decides without waiting.
+    pub fn round_trips(&self) -> bool {
+        matches!(&self.sharing, Some(Sharing::Exact { backend, .. }) if backend.worth_trying())
+    }
+
+    /// Counts one request of `who` without waiting: local buckets, or approximate mode's
+    /// local copies, or (exact mode while the store is down) the local fallback.
+    pub fn check_who(&self, who: &Who<'_>) -> RateDecision {
+        match &self.sharing {
+            None => self.check(who.local_key()),
+            Some(Sharing::Approximate { state, prefix }) => {
+                step_decision(state.check(who.local_key(), || who.shared_name(prefix)))
+            }
+            Some(Sharing::Exact { backend, .. }) => {
+                backend.fell_back();
+                self.check(who.local_key())
+            }
+        }
+    }
+
+    /// Counts one request of `who` in the shared store (exact mode: one round trip); if the
+    /// store fails, in the local buckets instead (the request is never failed for it).
+    pub async fn check_exact(&self, who: &Who<'_>) -> RateDecision {
+        let Some(Sharing::Exact {
+            backend,
+            prefix,
+            interval_us,
+        }) = &self.sharing
+        else {
+            return self.check_who(who);
+        };
+        if backend.try_claim() {
+            let name = who.shared_name(prefix);
+            match backend
+                .counters()
+                .gcra(&name, *interval_us, self.burst)
+                .await
+            {
+                Ok(reply) => {
+                    backend.succeeded();
+                    return match reply {
+                        GcraReply::Allowed {
+                            remaining,
+                            reset_us,
+                        } => step_decision(Step::Allowed {
+                            tat: 0,
+                            remaining,
+                            reset_us,
+                        }),
+                        GcraReply::Limited { retry_us } => {
+                            step_decision(Step::Limited { retry_us })
+                        }
+                    };
+                }
+                Err(error) => backend.failed(&error),
+            }
+        }
+        backend.fell_back();
+        self.check(who.local_key())
     }
 
     /// The policy's name in the headers (the route's name or `"default"`).
@@ -284,6 +431,9 @@ impl<C: Clock> RouteLimiter<C> {
     /// calls it every few seconds; `check` also calls it when the map grows past a bound. If
     /// another thread is already at it, returns at once.
     pub fn housekeeping(&self) {
+        if let Some(Sharing::Approximate { state, .. }) = &self.sharing {
+            state.housekeeping();
+        }
         let Some(gcra) = &self.gcra else { return };
         if self.sweeping.swap(true, Ordering::Acquire) {
             return;
@@ -300,7 +450,11 @@ impl<C: Clock> RouteLimiter<C> {
 
     /// How many keys have state (live buckets plus idle ones not yet swept).
     pub fn tracked_keys(&self) -> usize {
-        self.gcra.as_ref().map_or(0, |g| g.len())
+        let copies = match &self.sharing {
+            Some(Sharing::Approximate { state, .. }) => state.tracked_keys(),
+            _ => 0,
+        };
+        self.gcra.as_ref().map_or(0, |g| g.len()) + copies
     }
 
     fn maybe_sweep(&self, gcra: &Gcra<C>) {
@@ -319,8 +473,14 @@ impl<C: Clock> RouteLimiter<C> {
     fn same_policy(&self, policy: &RateLimitPolicy, name: &str) -> bool {
         let p = &self.policy;
         self.name == name
-            && (p.requests, p.per, p.burst, p.key)
-                == (policy.requests, policy.per, policy.burst, policy.key)
+            && (p.requests, p.per, p.burst, p.key, p.mode)
+                == (
+                    policy.requests,
+                    policy.per,
+                    policy.burst,
+                    policy.key,
+                    policy.mode,
+                )
     }
 }
 
@@ -349,8 +509,9 @@ impl RouteLimiters {
     pub fn new<'a>(
         default: &RateLimitPolicy,
         routes: impl IntoIterator<Item = (&'a str, Option<&'a RateLimitPolicy>)>,
+        sharing: Option<&Arc<SharedBackend>>,
     ) -> Self {
-        Self::build(default, routes, None, DefaultClock::default)
+        Self::build(default, routes, None, sharing, DefaultClock::default)
     }
 
     /// Like [`RouteLimiters::new`] for a reloaded config, keeping (buckets included) the
@@ -360,8 +521,9 @@ impl RouteLimiters {
         &self,
         default: &RateLimitPolicy,
         routes: impl IntoIterator<Item = (&'a str, Option<&'a RateLimitPolicy>)>,
+        sharing: Option<&Arc<SharedBackend>>,
     ) -> Self {
-        Self::build(default, routes, Some(self), DefaultClock::default)
+        Self::build(default, routes, Some(self), sharing, DefaultClock::default)
     }
 }
 
@@ -370,6 +532,7 @@ impl<C: Clock> RouteLimiters<C> {
         default: &RateLimitPolicy,
         routes: impl IntoIterator<Item = (&'a str, Option<&'a RateLimitPolicy>)>,
         previous: Option<&Self>,
+        sharing: Option<&Arc<SharedBackend>>,
         clock: impl Fn() -> C,
     ) -> Self {
         let routes = routes
@@ -384,7 +547,10 @@ impl<C: Clock> RouteLimiters<C> {
                     .filter(|(_, l)| l.same_policy(policy, name));
                 let limiter = match kept {
                     Some((_, l)) => Arc::clone(l),
-                    None => Arc::new(RouteLimiter::new_with_clock(policy, name, clock())),
+                    None => Arc::new(
+                        RouteLimiter::new_with_clock(policy, name, clock())
+                            .shared_through(route, sharing),
+                    ),
                 };
                 (route.to_owned(), limiter)
             })
@@ -407,6 +573,23 @@ impl<C: Clock> RouteLimiters<C> {
     /// Keys tracked over all limiters.
     pub fn tracked_keys(&self) -> usize {
         self.routes.iter().map(|(_, l)| l.tracked_keys()).sum()
+    }
+}
+
+/// A shared store's answer as the headers state it: seconds, rounded up.
+fn step_decision(step: Step) -> RateDecision {
+    match step {
+        Step::Allowed {
+            remaining,
+            reset_us,
+            ..
+        } => RateDecision::Allowed {
+            remaining,
+            reset_secs: reset_us.div_ceil(1_000_000),
+        },
+        Step::Limited { retry_us } => RateDecision::Limited {
+            retry_after_secs: retry_us.div_ceil(1_000_000).max(1),
+        },
     }
 }
 
@@ -477,6 +660,7 @@ mod tests {
             per,
             burst,
             key: LimitKey::Credential,
+            mode: LimitMode::Approximate,
         }
     }
 
@@ -760,7 +944,7 @@ mod tests {
         let api = policy(50, SEC, 100);
         let clock = FakeRelativeClock::default();
         let routes = [("api", Some(&api)), ("web", None), ("static", None)];
-        let first = RouteLimiters::build(&default, routes, None, || clock.clone());
+        let first = RouteLimiters::build(&default, routes, None, None, || clock.clone());
         assert_eq!(first.get(0).unwrap().name(), "api");
         assert_eq!(first.get(1).unwrap().name(), "default");
         assert_eq!(first.get(2).unwrap().name(), "default");
@@ -780,7 +964,7 @@ mod tests {
             ("web", Some(&default)),
             ("static", None),
         ];
-        let second = RouteLimiters::build(&default, routes, Some(&first), || clock.clone());
+        let second = RouteLimiters::build(&default, routes, Some(&first), None, || clock.clone());
         assert!(!Arc::ptr_eq(first.get(0).unwrap(), second.get(0).unwrap()));
         assert!(!Arc::ptr_eq(first.get(1).unwrap(), second.get(1).unwrap()));
         assert_eq!(second.get(1).unwrap().name(), "web");
@@ -789,9 +973,9 @@ mod tests {
         second.housekeeping();
 
         // The real-clock constructors.
-        let real = RouteLimiters::new(&default, [("api", Some(&api))]);
+        let real = RouteLimiters::new(&default, [("api", Some(&api))], None);
         assert!(real.get(0).unwrap().check(key_of("k")).is_allowed());
-        let again = real.carry_over(&default, [("api", Some(&api))]);
+        let again = real.carry_over(&default, [("api", Some(&api))], None);
         assert!(Arc::ptr_eq(real.get(0).unwrap(), again.get(0).unwrap()));
     }
 
@@ -823,5 +1007,50 @@ mod tests {
             }
         });
         assert_eq!(l.tracked_keys(), 400);
+    }
+
+    #[tokio::test]
+    async fn exact_mode_shares_buckets_and_falls_back_locally() {
+        use crate::ratelimit::shared::tests::FakeCounters;
+        use std::sync::atomic::Ordering;
+        let store = Arc::new(FakeCounters::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let backend = SharedBackend::new(store.clone(), Some(metrics.clone()));
+        let mut p = policy(10, 60 * SEC, 10);
+        p.mode = LimitMode::Exact;
+        let a = Limiter::new(&p, "default").shared_through("web", Some(&backend));
+        let b = Limiter::new(&p, "default").shared_through("web", Some(&backend));
+        let who = Who::Ip([10, 0, 0, 1].into());
+        assert!(a.round_trips());
+        for n in 0..10u32 {
+            let l = if n % 2 == 0 { &a } else { &b };
+            assert_eq!(
+                l.check_exact(&who).await,
+                allowed(9 - n, 6 * u64::from(n + 1))
+            );
+        }
+        assert_eq!(a.check_exact(&who).await, limited(6));
+        assert_eq!(b.check_exact(&who).await, limited(6));
+        assert_eq!(a.tracked_keys(), 0, "nothing counted locally");
+
+        // Down: decided by the local buckets, counted, and not asked again at once.
+        store.down.store(true, Ordering::Relaxed);
+        assert!(a.check_exact(&who).await.is_allowed());
+        assert!(!a.round_trips());
+        assert!(a.check_who(&who).is_allowed());
+        assert!(
+            metrics
+                .encode()
+                .contains("gatehouse_ratelimit_fallbacks_total 2")
+        );
+        let calls = store.calls.load(Ordering::Relaxed);
+        assert_eq!(a.check_exact(&who).await, allowed(7, 18));
+        assert_eq!(store.calls.load(Ordering::Relaxed), calls);
+
+        // Back: shared again once the retry is due.
+        store.down.store(false, Ordering::Relaxed);
+        backend.retry_now();
+        assert_eq!(a.check_exact(&who).await, limited(6));
+        assert!(a.round_trips());
     }
 }

@@ -84,6 +84,9 @@ impl Gateway {
             });
         }
         let shared = Arc::new(Shared::new(metrics, store));
+        if let Some(backend) = &shared.limits {
+            accounts.share_login_limits(backend.clone());
+        }
         let mailer = crate::mail::Mailer::start(&config.accounts.email, shared.metrics.clone())
             .map_err(|e| ServerError::Mail(e.to_string()))?;
         accounts.set_mailer(Arc::new(mailer));

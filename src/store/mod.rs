@@ -25,6 +25,7 @@
 //!   [`StoreError::NotFound`], as does creating a record that points at a missing user.
 
 pub mod conformance;
+pub mod counters;
 pub mod redis;
 pub mod sqlite;
 
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use counters::{GcraReply, SharedCounters, WindowState};
 pub use redis::{RedisOptions, RedisStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -563,6 +565,12 @@ pub trait Store: Send + Sync {
     /// outage hits every replica alike, so it does not make one of them unready.
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// The rate-limit counters replicas share, when the store is shared (Redis); `None`
+    /// when limits are counted in this process alone.
+    fn counters(&self) -> Option<std::sync::Arc<dyn SharedCounters>> {
+        None
     }
 
     // ---- users ----

@@ -43,6 +43,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
+use super::counters::{GcraReply, SharedCounters, WindowState};
 use super::{
     ApiKey, ApiKeyKind, ConflictField, Invalidation, MAX_PAGE, OAuthIdentity, OneTimeKind,
     OneTimeToken, PurgeCounts, RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError,
@@ -1419,6 +1420,10 @@ impl Store for RedisStore {
         true
     }
 
+    fn counters(&self) -> Option<Arc<dyn SharedCounters>> {
+        Some(Arc::new(RedisCounters::new(self)))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: Value = self.query(&redis::cmd("PING")).await?;
         Ok(())
@@ -2120,6 +2125,234 @@ impl Store for RedisStore {
     }
 }
 
+// ---- shared rate-limit counters ----
+
+/// Keys of the shared counters: the data set's prefix without its hash tag, so the
+/// counters spread over the cluster's slots (each operation is single-key, or its keys
+/// carry their own tag) instead of crowding the account data's one slot.
+fn counters_prefix(prefix: &str) -> String {
+    let mut p: String = prefix.chars().filter(|c| !matches!(c, '{' | '}')).collect();
+    p.push_str("rl:");
+    p
+}
+
+/// GCRA, one request (exact mode). Time is the server's (`TIME`, microseconds): replicas'
+/// clocks may differ, the server's is one. Numbers stay below 2^53 (exact in Lua's doubles):
+/// now is ~1.8e15 us and the limiter caps `burst x interval` at 100 years (3.2e15 us).
+/// `%d` keeps the TAT an integer string (Lua's default `%.14g` would round it).
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if now < allow_at then
+  return {0, allow_at - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+return {1, math.floor((now - allow_at) / interval), new_tat - now}
+"#;
+
+/// Adds hits already let through to a TAT (approximate mode) and answers the backlog.
+const GCRA_ADD: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local hits = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+if hits > 0 then
+  tat = tat + hits * interval
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+end
+return tat - now
+"#;
+
+/// Fixed windows of the given keys: `{count, ms left}` each.
+const WINDOW_PEEK: &str = r#"
+local out = {}
+for i, k in ipairs(KEYS) do
+  local c = tonumber(redis.call('GET', k) or '0') or 0
+  local left = redis.call('PTTL', k)
+  if left < 0 then c = 0; left = 0 end
+  out[i] = {c, left}
+end
+return out
+"#;
+
+/// Counts one event in each key; a new key starts a window of `ARGV[1]` ms.
+const WINDOW_HIT: &str = r#"
+for _, k in ipairs(KEYS) do
+  if redis.call('INCR', k) == 1 or redis.call('PTTL', k) < 0 then
+    redis.call('PEXPIRE', k, ARGV[1])
+  end
+end
+return 1
+"#;
+
+/// [`SharedCounters`] on the store's connection (multiplexed: concurrent calls share
+/// round trips).
+pub struct RedisCounters {
+    conn: Conn,
+    prefix: String,
+    gcra: Script,
+    gcra_add: Script,
+    window_peek: Script,
+    window_hit: Script,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for RedisCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCounters")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCounters {
+    fn new(store: &RedisStore) -> RedisCounters {
+        RedisCounters {
+            conn: store.conn.clone(),
+            prefix: counters_prefix(&store.prefix),
+            gcra: Script::new(GCRA),
+            gcra_add: Script::new(GCRA_ADD),
+            window_peek: Script::new(WINDOW_PEEK),
+            window_hit: Script::new(WINDOW_HIT),
+            metrics: store.metrics.clone(),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Times the request and counts failures in the store's metrics. Outages are not
+    /// logged here: the limiters fall back to local counting and say so once.
+    async fn observe<T>(
+        &self,
+        request: impl std::future::Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = request.await;
+        if let Some(m) = &self.metrics {
+            m.store_request(started.elapsed().as_secs_f64());
+        }
+        result.map_err(|e| {
+            let err = map_err(e);
+            if let Some(m) = &self.metrics {
+                m.store_error(match err {
+                    StoreError::Unavailable(_) => StoreErrorKind::unavailable,
+                    _ => StoreErrorKind::internal,
+                });
+            }
+            err
+        })
+    }
+}
+
+fn reply_u64(v: &Value) -> Result<u64, StoreError> {
+    match v {
+        Value::Int(n) => Ok(u64::try_from(*n).unwrap_or(0)),
+        other => Err(StoreError::Internal(format!(
+            "redis: expected an integer, got {other:?}"
+        ))),
+    }
+}
+
+#[async_trait]
+impl SharedCounters for RedisCounters {
+    async fn gcra(&self, key: &str, interval_us: u64, burst: u32) -> Result<GcraReply, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.gcra.key(self.key(key));
+        invocation.arg(interval_us.max(1)).arg(burst.max(1));
+        let v: Value = self.observe(invocation.invoke_async(&mut conn)).await?;
+        let parts = items(&v)?;
+        match parts {
+            [allowed, remaining, reset] if reply_u64(allowed)? == 1 => Ok(GcraReply::Allowed {
+                remaining: u32::try_from(reply_u64(remaining)?).unwrap_or(u32::MAX),
+                reset_us: reply_u64(reset)?,
+            }),
+            [_, retry] => Ok(GcraReply::Limited {
+                retry_us: reply_u64(retry)?,
+            }),
+            _ => Err(StoreError::Internal(format!(
+                "redis: unexpected GCRA reply {v:?}"
+            ))),
+        }
+    }
+
+    async fn gcra_add(
+        &self,
+        batch: &[(&str, u32)],
+        interval_us: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        // Concurrent invocations on the multiplexed connection go out as one pipeline (and a
+        // cluster connection routes each to its key's node), so a batch costs one round trip.
+        let calls = batch.iter().map(|(key, hits)| {
+            let mut conn = self.conn.clone();
+            let mut invocation = self.gcra_add.key(self.key(key));
+            invocation.arg(*hits).arg(interval_us.max(1));
+            async move {
+                let v: Value = invocation.invoke_async(&mut conn).await?;
+                Ok::<Value, RedisError>(v)
+            }
+        });
+        let replies = self
+            .observe(async {
+                futures_util::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .collect::<RedisResult<Vec<Value>>>()
+            })
+            .await?;
+        replies.iter().map(reply_u64).collect()
+    }
+
+    async fn window_peek(&self, keys: &[&str]) -> Result<Vec<WindowState>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.window_peek.prepare_invoke();
+        for k in keys {
+            invocation.key(self.key(k));
+        }
+        let v: Value = self.observe(invocation.invoke_async(&mut conn)).await?;
+        items(&v)?
+            .iter()
+            .map(|pair| match items(pair)? {
+                [count, left] => Ok(WindowState {
+                    count: u32::try_from(reply_u64(count)?).unwrap_or(u32::MAX),
+                    left_ms: reply_u64(left)?,
+                }),
+                _ => Err(StoreError::Internal(format!(
+                    "redis: unexpected window reply {pair:?}"
+                ))),
+            })
+            .collect()
+    }
+
+    async fn window_hit(&self, keys: &[&str], per_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.window_hit.prepare_invoke();
+        for k in keys {
+            invocation.key(self.key(k));
+        }
+        invocation.arg(per_ms.max(1));
+        let _: Value = self.observe(invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn window_reset(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(key));
+        let _: Value = self.observe(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -2197,6 +2430,87 @@ mod tests {
                 .await
                 .unwrap(),
         )
+    }
+
+    #[tokio::test]
+    async fn shared_counters_gcra_windows_and_expiry() {
+        let server = Server::start(&[]);
+        let s = store(&server).await;
+        let c = s.counters().expect("redis shares counters");
+        // 10 per minute: 6 s per request, a burst of 10.
+        let six = 6_000_000;
+        for n in 0..10u32 {
+            match c.gcra("r:api:k", six, 10).await.unwrap() {
+                GcraReply::Allowed {
+                    remaining,
+                    reset_us,
+                } => {
+                    assert_eq!(remaining, 9 - n);
+                    let want = u64::from(n + 1) * six;
+                    assert!(
+                        reset_us <= want && reset_us + 1_000_000 > want,
+                        "{reset_us}"
+                    );
+                }
+                other => panic!("request {n}: {other:?}"),
+            }
+        }
+        let GcraReply::Limited { retry_us } = c.gcra("r:api:k", six, 10).await.unwrap() else {
+            panic!("11th allowed");
+        };
+        assert!(retry_us > 4_000_000 && retry_us <= six, "{retry_us}");
+        assert!(c.gcra("r:api:other", six, 10).await.unwrap() != GcraReply::Limited { retry_us });
+
+        // Batches add hits without refusing and read the backlog back.
+        let backlog = c
+            .gcra_add(&[("r:web:a", 3), ("r:web:b", 0)], 1_000_000)
+            .await
+            .unwrap();
+        assert_eq!(backlog.len(), 2);
+        assert!(
+            backlog[0] > 2_000_000 && backlog[0] <= 3_000_000,
+            "{backlog:?}"
+        );
+        assert_eq!(backlog[1], 0);
+
+        // Keys spread (no hash tag) and expire.
+        let mut conn = s_conn(&server).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*rl:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(keys.iter().all(|k| !k.contains('{')), "{keys:?}");
+        for k in &keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(k)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > 0, "{k} has no expiry");
+        }
+
+        // Fixed windows (login failures).
+        let keys = ["l:{1.2.3.4}:a:x", "l:{1.2.3.4}"];
+        assert_eq!(
+            c.window_peek(&keys).await.unwrap(),
+            vec![WindowState::default(); 2]
+        );
+        c.window_hit(&keys, 60_000).await.unwrap();
+        c.window_hit(&keys[1..], 60_000).await.unwrap();
+        let w = c.window_peek(&keys).await.unwrap();
+        assert_eq!((w[0].count, w[1].count), (1, 2));
+        assert!(w[1].left_ms > 50_000 && w[1].left_ms <= 60_000);
+        c.window_reset(keys[0]).await.unwrap();
+        assert_eq!(c.window_peek(&keys).await.unwrap()[0].count, 0);
+    }
+
+    async fn s_conn(server: &Server) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
     }
 
     /// One test per suite function, each on its own server.

@@ -18,6 +18,7 @@ mod protocols;
 mod proxy;
 mod replicas;
 mod sessions;
+mod shared_limits;
 mod streaming;
 mod support;
 mod trusted;

@@ -494,7 +494,7 @@ impl Accounts {
         now: UnixMillis,
     ) -> Result<(), AccountError> {
         let limit = &cfg.rate_limits.email;
-        let key = format!("{}|{}", client.ip, email.to_ascii_lowercase());
+        let key = format!("{}|{}", client.limit_key(), email.to_ascii_lowercase());
         match self.email_limiter.hit(&key, limit.requests, limit.per, now) {
             Decision::Limited { retry_after } => Err(AccountError::RateLimited(RateLimited {
                 policy: "email",

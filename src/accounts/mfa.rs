@@ -421,7 +421,7 @@ impl Accounts {
         let user_id = pending.user_id.ok_or(AccountError::InvalidMfaToken)?;
         let limits = login_limits(cfg);
         let key = limiter_key(&user_id);
-        let ip = client.ip.to_string();
+        let ip = client.limit_key();
         if let Decision::Limited { retry_after } =
             self.login_limiter.check(&key, &ip, limits, now).await
         {
@@ -575,7 +575,7 @@ impl Accounts {
         };
         let limits = login_limits(cfg);
         let key = limiter_key(&user.id);
-        let ip = client.ip.to_string();
+        let ip = client.limit_key();
         if let Decision::Limited { retry_after } =
             self.login_limiter.check(&key, &ip, limits, now).await
         {

@@ -160,6 +160,13 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
+impl ClientInfo {
+    /// What per-IP limits count this client under (an IPv6 address's /64).
+    pub fn limit_key(&self) -> String {
+        crate::ratelimit::limit_ip(self.ip).to_string()
+    }
+}
+
 /// What sign-up did.
 pub enum Registered {
     /// Signed in at once.
@@ -470,7 +477,7 @@ impl Accounts {
         let limit = &cfg.rate_limits.register;
         if let Decision::Limited { retry_after } =
             self.register_limiter
-                .hit(&client.ip.to_string(), limit.requests, limit.per, now)
+                .hit(&client.limit_key(), limit.requests, limit.per, now)
         {
             return Err(AccountError::RateLimited(RateLimited {
                 policy: "register",
@@ -633,7 +640,7 @@ impl Accounts {
     ) -> Result<SignIn, AccountError> {
         let limits = login_limits(cfg);
         let account_key = id.limiter_key();
-        let ip = client.ip.to_string();
+        let ip = client.limit_key();
         if let Decision::Limited { retry_after } = self
             .login_limiter
             .check(&account_key, &ip, limits, now)
@@ -1066,7 +1073,7 @@ impl Accounts {
         let limits = login_limits(cfg);
         // The account is unknown until the key is; its visible prefix stands in for it.
         let account_key = format!("k:{}", key.get(..12).unwrap_or(key));
-        let ip = client.ip.to_string();
+        let ip = client.limit_key();
         if let Decision::Limited { retry_after } = self
             .login_limiter
             .check(&account_key, &ip, limits, now)
@@ -1199,7 +1206,7 @@ impl Accounts {
     ) -> Result<(), AccountError> {
         let limits = login_limits(cfg);
         let key = format!("id:{}", caller.user.id);
-        let ip = client.ip.to_string();
+        let ip = client.limit_key();
         if let Decision::Limited { retry_after } =
             self.login_limiter.check(&key, &ip, limits, now).await
         {

@@ -196,7 +196,10 @@ async fn rate_limit(
     snapshot: &Snapshot,
 ) -> Result<(HeaderValue, HeaderValue), ApiError> {
     let limiter = &route.limiter;
-    let ip = || ctx.real_client_ip(headers, &snapshot.config.trusted_proxies);
+    // Per-IP keys count an IPv6 client by its /64 (see `ratelimit::limit_ip`).
+    let ip = || {
+        crate::ratelimit::limit_ip(ctx.real_client_ip(headers, &snapshot.config.trusted_proxies))
+    };
     // Anonymous callers (and, for `user`, app principals) fall back to their address.
     let who = match limiter.key_kind() {
         LimitKey::Credential => {

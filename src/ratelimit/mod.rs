@@ -33,6 +33,22 @@ use crate::store::WindowState;
 /// Milliseconds since the Unix epoch, as the rest of the account domain counts time.
 pub type Millis = i64;
 
+/// The address a per-IP limit counts under: an IPv4 address as is (also when it arrives
+/// IPv4-mapped), an IPv6 address as its /64. One IPv6 host usually holds a whole /64 and can
+/// pick a fresh address for every request, so counting per address would limit nothing.
+pub fn limit_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
+}
+
 /// Above this many tracked keys, expired windows are swept before a new key is added, so a
 /// flood of distinct keys (random usernames, many IPs) cannot grow memory without bound.
 const SWEEP_ABOVE: usize = 100_000;
@@ -316,6 +332,27 @@ fn shared_decision(w: WindowState, limit: u32) -> Decision {
     } else {
         Decision::Limited {
             retry_after: Duration::from_millis(w.left_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod ip_tests {
+    use super::limit_ip;
+
+    #[test]
+    fn per_ip_limits_count_ipv6_per_64() {
+        let cases = [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::"),
+            ("2001:db8:1:2::1", "2001:db8:1:2::"),
+            ("2001:db8:1:3::1", "2001:db8:1:3::"),
+            ("::1", "::"),
+        ];
+        for (ip, want) in cases {
+            assert_eq!(limit_ip(ip.parse().unwrap()).to_string(), want, "{ip}");
         }
     }
 }

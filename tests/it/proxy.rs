@@ -375,3 +375,38 @@ async fn upstream_connections_are_reused_and_stale_ones_replaced() {
     }
     assert_eq!(closing_conns.load(Ordering::SeqCst), 30);
 }
+
+/// A per-IP limit counts an IPv6 client by its /64: a host that rotates through its prefix
+/// (privacy addresses) is still one client; another /64 is another one.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_ip_limits_count_ipv6_clients_by_their_64() {
+    let up = upstream::named("up").await;
+    let gw = Gateway::start(&format!(
+        r#"
+trusted_proxies: [127.0.0.1/32]
+routes:
+  - name: limited
+    match: {{ path_prefix: / }}
+    upstream: {{ targets: ["http://{up}"] }}
+    auth: public
+    rate_limit: {{ requests: 2, per: 1m, key: ip }}
+"#
+    ));
+    let from = |client: &'static str| {
+        let url = gw.url("/");
+        async move {
+            send("GET", &url, &[("x-forwarded-for", client)], empty())
+                .await
+                .status
+        }
+    };
+    assert_eq!(from("2001:db8:0:1::1").await, 200);
+    assert_eq!(from("2001:db8:0:1:aaaa::2").await, 200);
+    assert_eq!(from("2001:db8:0:1:ffff:ffff:ffff:3").await, 429);
+    assert_eq!(
+        from("2001:db8:0:2::1").await,
+        200,
+        "another /64 has its own budget"
+    );
+    assert_eq!(from("192.0.2.1").await, 200);
+}

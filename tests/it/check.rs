@@ -40,3 +40,34 @@ fn environment_interpolation_reaches_the_config() {
     assert!(stderr.contains("g.yaml:2:"), "{stderr}");
     assert!(stderr.contains("GH_TEST_UNSET_ADMIN"), "{stderr}");
 }
+
+/// The configs embedded in the Kubernetes examples stay valid: each manifest's
+/// `gateway.yaml: |` block, checked as the binary would read it.
+#[test]
+fn the_kubernetes_examples_carry_valid_configs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for manifest in ["deploy/kubernetes.yaml", "deploy/kubernetes-redis.yaml"] {
+        let text = std::fs::read_to_string(root.join(manifest)).unwrap();
+        let mut lines = text.lines().skip_while(|l| l.trim() != "gateway.yaml: |");
+        assert!(lines.next().is_some(), "{manifest}: no gateway.yaml block");
+        let config: String = lines
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        assert!(config.contains("routes:"), "{manifest}: {config}");
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, &config).unwrap();
+        let out = std::process::Command::new(crate::support::BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("REDIS_PASSWORD", "example")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{manifest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -187,6 +187,28 @@ impl Accounts {
         Ok(updated)
     }
 
+    /// `DELETE /auth/admin/users/{id}/mfa`: turns the user's second factor off (lost device
+    /// and recovery codes) and voids their pending `mfa_token`s; their sessions stay, the
+    /// next sign-in needs only the first factor. The user can enrol again.
+    pub async fn reset_mfa(&self, id: &str, now: UnixMillis) -> Result<User, AccountError> {
+        self.user_by_id(id).await?;
+        let patch = UserPatch {
+            mfa: Some(None),
+            ..UserPatch::default()
+        };
+        let updated = match self.store.update_user(id, &patch, now).await {
+            Ok(u) => u,
+            Err(StoreError::NotFound) => return Err(AccountError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        self.store
+            .delete_one_time_tokens(id, crate::store::OneTimeKind::MfaPending)
+            .await?;
+        self.auth.cache().evict_user(id).await;
+        tracing::info!(target: "gatehouse::accounts", user = %id, "MFA turned off by an admin");
+        Ok(updated)
+    }
+
     /// `DELETE /auth/admin/users/{id}`: the user and everything it owns, as when the user
     /// deletes their own account.
     pub async fn remove_user(&self, id: &str, now: UnixMillis) -> Result<(), AccountError> {

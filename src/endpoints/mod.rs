@@ -476,6 +476,22 @@ pub async fn handle(
                 true,
             ))
         }
+        (Some(rest), _)
+            if rest
+                .strip_prefix("/admin/users/")
+                .and_then(|r| r.strip_suffix("/mfa"))
+                .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
+        {
+            allow(&method, &[Method::DELETE])?;
+            let id = rest
+                .strip_prefix("/admin/users/")
+                .and_then(|r| r.strip_suffix("/mfa"))
+                .unwrap_or_default();
+            let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
+            require_admin(&caller)?;
+            accounts.reset_mfa(id, now).await?;
+            Ok(no_content())
+        }
         (Some(rest), _) if rest.starts_with("/oauth/") => {
             let rest = rest.strip_prefix("/oauth/").unwrap_or_default();
             oauth::handle(accounts, snapshot, ctx, rest, req, now).await

@@ -504,3 +504,38 @@ async fn one_code_wins_across_two_replicas_on_redis() {
     let done = verify(&b, &token, &enrolled.recovery[0]).await;
     assert_eq!(done.status, 200, "{done:?}");
 }
+
+/// A user who lost both the authenticator and the recovery codes: an admin turns the second
+/// factor off; pending `mfa_token`s die with it and the next login needs only the password.
+#[tokio::test]
+async fn an_admin_turns_off_a_lost_second_factor() {
+    let gw = Gateway::start("tokens: { issuer: http://gatehouse.test }\n");
+    let email = "lost@example.com";
+    let access = register(&gw, email).await;
+    let user_id = me(&gw, &access).await["id"].as_str().unwrap().to_owned();
+    enrol(&gw, &access).await;
+    let pending = mfa_token(&gw, email).await;
+    let path = gw.url(&format!("/auth/admin/users/{user_id}/mfa"));
+
+    // Not for the user themself (that needs a code) nor for anyone but an admin.
+    let refused = send_json("DELETE", &path, Some(&access), &Value::Null).await;
+    assert_eq!((refused.status, code(&refused)), (403, "forbidden".into()));
+    let root = crate::admin::admin_token(&gw, "root@example.com").await;
+    let done = send_json("DELETE", &path, Some(&root), &Value::Null).await;
+    assert_eq!(done.status, 204, "{done:?}");
+    let missing = send_json(
+        "DELETE",
+        &gw.url("/auth/admin/users/no-such-user/mfa"),
+        Some(&root),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+
+    assert_eq!(me(&gw, &access).await["mfa_enabled"], false);
+    let old = verify(&gw, &pending, "000000").await;
+    assert_eq!((old.status, code(&old)), (401, "invalid_token".into()));
+    let login = login(&gw, email).await;
+    assert_eq!(login.status, 200, "{login:?}");
+    assert!(login.json()["access_token"].is_string());
+}

@@ -96,6 +96,45 @@ impl Accounts {
         }
     }
 
+    /// `accounts.email.new_sign_in`: before a sign-in's session is made, its owner is told
+    /// when none of their active sessions came from this address and browser. Failures are
+    /// logged; the sign-in goes on.
+    pub(super) async fn notify_new_sign_in(
+        &self,
+        cfg: &Config,
+        user: &User,
+        client: &ClientInfo,
+        now: UnixMillis,
+    ) {
+        if !cfg.accounts.email.new_sign_in {
+            return;
+        }
+        let Some(to) = user.email.clone() else {
+            return;
+        };
+        let ip = client.ip.to_string();
+        match self.store.list_active_sessions(&user.id, now).await {
+            Ok(sessions)
+                if sessions.iter().any(|s| {
+                    s.ip.as_deref() == Some(ip.as_str()) && s.user_agent == client.user_agent
+                }) => {}
+            Ok(_) => self.mail(greeted(
+                Message::new(
+                    to,
+                    MessageKind::NewSignIn {
+                        at: offset_time(now),
+                        ip: Some(ip),
+                        user_agent: client.user_agent.clone(),
+                    },
+                ),
+                user,
+            )),
+            Err(e) => {
+                tracing::warn!(target: "gatehouse::accounts", error = %e, "cannot check a sign-in against the account's sessions");
+            }
+        }
+    }
+
     /// `conceal_existing`: someone registered an address that has an account; its owner
     /// hears of it (a disabled account does not). Failures are logged, never answered.
     pub(super) async fn tell_owner_of(&self, address: &str) {

@@ -379,6 +379,7 @@ impl Accounts {
     ) -> Result<SignIn, AccountError> {
         let state = MfaState::decode(user.mfa.as_deref())?;
         if !state.is_some_and(|s| s.confirmed) {
+            self.notify_new_sign_in(cfg, &user, client, now).await;
             let issued = self.start_session(cfg, user, amr, client, now).await?;
             return Ok(SignIn::Issued(Box::new(issued)));
         }
@@ -461,6 +462,7 @@ impl Accounts {
             Accepted::Totp => user,
             Accepted::Recovery { hash } => self.strike_recovery_code(user, &hash, now).await?,
         };
+        self.notify_new_sign_in(cfg, &user, client, now).await;
         let issued = self.start_session(cfg, user, amr, client, now).await?;
         Ok(MfaVerified {
             issued,

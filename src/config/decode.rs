@@ -472,6 +472,7 @@ fn email(mut m: MapReader<'_>) -> EmailConfig {
             .unwrap_or_else(|| defaults::OUTBOX_DIR.into()),
         templates_dir: m.dir("templates_dir"),
         link_base: m.parsed("link_base", "a URL", http_url),
+        new_sign_in: m.bool("new_sign_in").unwrap_or(false),
     };
     m.finish();
     config

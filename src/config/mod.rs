@@ -215,6 +215,9 @@ pub struct EmailConfig {
     /// gateway's own account API (`tokens.issuer` + `accounts.prefix`). An app with its own
     /// pages points this at them.
     pub link_base: Option<String>,
+    /// Mail a "new sign-in" notice when an account signs in from an address and browser
+    /// none of its active sessions has (off by default).
+    pub new_sign_in: bool,
 }
 
 impl std::fmt::Debug for EmailConfig {
@@ -225,6 +228,7 @@ impl std::fmt::Debug for EmailConfig {
             .field("outbox_dir", &self.outbox_dir)
             .field("templates_dir", &self.templates_dir)
             .field("link_base", &self.link_base)
+            .field("new_sign_in", &self.new_sign_in)
             .finish()
     }
 }
@@ -455,6 +459,7 @@ mod redaction_tests {
             outbox_dir: "data/outbox".into(),
             templates_dir: None,
             link_base: None,
+            new_sign_in: false,
         };
         for text in [
             format!("{provider:?}"),

@@ -654,3 +654,62 @@ pub(crate) async fn sign_up_conceals_existing_accounts() {
     );
     assert_eq!(post(&gw, "/auth/register", None, named).await.status, 409);
 }
+
+/// `accounts.email.new_sign_in`: a sign-in from an address and browser that none of the
+/// account's active sessions has gets a notice; a known one does not.
+#[tokio::test]
+async fn new_sign_ins_are_noticed() {
+    let gw = Gateway::start(
+        "tokens: { issuer: http://gatehouse.test }\naccounts: { email: { new_sign_in: true } }\n",
+    );
+    let outbox = gw.dir.path().join("data/outbox");
+    let reg = post(
+        &gw,
+        "/auth/register",
+        None,
+        json!({"email": "noor@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(reg.status, 201);
+    wait_mails(&outbox, 1).await;
+    let login = |agent: Option<&'static str>| {
+        let url = gw.url("/auth/login");
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(agent) = agent {
+                headers.push(("user-agent", agent));
+            }
+            let body = json!({"email": "noor@example.com", "password": PASSWORD});
+            crate::support::send(
+                "POST",
+                &url,
+                &headers,
+                crate::support::full(body.to_string()),
+            )
+            .await
+            .status
+        }
+    };
+    // The sign-up's own session: same address, same (absent) browser: nothing to tell.
+    assert_eq!(login(None).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(read_mails(&outbox).len(), 1);
+    // Another browser: a notice naming it.
+    assert_eq!(login(Some("Firefox/140.0 (test)")).await, 200);
+    let mails = wait_mails(&outbox, 2).await;
+    assert!(
+        mails[1].subject.to_lowercase().contains("sign-in"),
+        "{:?}",
+        mails[1]
+    );
+    assert!(
+        mails[1].text.contains("Firefox/140.0 (test)"),
+        "{:?}",
+        mails[1]
+    );
+    assert!(mails[1].text.contains("127.0.0.1"), "{:?}", mails[1]);
+    // Now a known one.
+    assert_eq!(login(Some("Firefox/140.0 (test)")).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(read_mails(&outbox).len(), 2);
+}

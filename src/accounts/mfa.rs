@@ -246,11 +246,7 @@ fn new_recovery_codes() -> (Vec<String>, Vec<String>) {
 
 /// The stored form of a (normalised) recovery code.
 fn recovery_hash(compact: &str) -> String {
-    hex(&secret_hash(compact))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::store::to_hex(&secret_hash(compact))
 }
 
 /// The marker of a used TOTP step of one secret of one user.

@@ -198,14 +198,9 @@ pub fn shared_name(prefix: &str, kind: &str, id: &str) -> String {
     let digest = h.finalize();
     let mut out = String::with_capacity(prefix.len() + 32);
     out.push_str(prefix);
-    for b in &digest[..16] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
+    crate::store::push_hex(&mut out, &digest[..16]);
     out
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A store key prefix for a limiter: `{`/`}` replaced so a name cannot become a hash tag
 /// (which would put every key of the limiter in one cluster slot).

@@ -58,6 +58,24 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// Appends `bytes` to `out` as lowercase hex: digests in Redis key names, recovery-code
+/// hashes, rate-limit keys.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
+/// `bytes` as lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    push_hex(&mut out, bytes);
+    out
+}
+
 /// The form an email is stored, compared and made unique in: surrounding whitespace
 /// removed, lowercased. (Lowercasing the local part is stricter than RFC 5321 but is what
 /// users expect and what every hosted auth service does.)
@@ -815,6 +833,14 @@ pub trait Store: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        assert_eq!(to_hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        let mut out = "rl:".to_owned();
+        push_hex(&mut out, &[0x12]);
+        assert_eq!(out, "rl:12");
+    }
 
     #[test]
     fn emails_are_trimmed_and_lowercased() {

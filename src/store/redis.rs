@@ -47,7 +47,7 @@ use super::counters::{GcraReply, SharedCounters, WindowState};
 use super::{
     ApiKey, ApiKeyKind, ConflictField, Invalidation, MAX_PAGE, OAuthIdentity, OneTimeKind,
     OneTimeToken, PurgeCounts, RefreshToken, RotateOutcome, Session, SigningKey, Store, StoreError,
-    TokenHash, UnixMillis, User, UserPage, UserPatch, UserQuery, normalize_email,
+    TokenHash, UnixMillis, User, UserPage, UserPatch, UserQuery, normalize_email, to_hex,
 };
 use crate::metrics::{Metrics, StoreErrorKind, StoreLink};
 
@@ -427,16 +427,6 @@ impl Arg {
     }
 }
 
-fn hex(hash: &TokenHash) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in hash {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
-
 fn unhex(text: &str) -> Result<TokenHash, StoreError> {
     let bad = || StoreError::Internal(format!("bad hash {text:?} in redis"));
     if text.len() != 64 {
@@ -752,7 +742,7 @@ fn api_key_pairs(k: &ApiKey) -> Result<Pairs, StoreError> {
         .put("kind", k.kind.as_str())
         .put("name", k.name.as_str())
         .put("prefix", k.prefix.as_str())
-        .put("key_hash", hex(&k.key_hash))
+        .put("key_hash", to_hex(&k.key_hash))
         .put_opt("scopes", k.scopes.as_ref().map(json).transpose()?)
         .put("created_at", k.created_at.to_string())
         .put_opt("expires_at", k.expires_at.map(|t| t.to_string()))
@@ -805,7 +795,7 @@ fn signing_from(f: &Fields) -> Result<SigningKey, StoreError> {
 
 fn one_time_pairs(t: &OneTimeToken) -> Result<Pairs, StoreError> {
     let mut p = Pairs::new();
-    p.put("token_hash", hex(&t.token_hash))
+    p.put("token_hash", to_hex(&t.token_hash))
         .put("kind", t.kind.as_str())
         .put_opt("user_id", t.user_id.as_deref())
         .put_opt("email", t.email.as_deref().map(normalize_email))
@@ -1336,7 +1326,7 @@ fn encode(what: &Invalidation) -> String {
     match what {
         Invalidation::User(id) => format!("u {id}"),
         Invalidation::Session(id) => format!("s {id}"),
-        Invalidation::ApiKey(hash) => format!("k {}", hex(hash)),
+        Invalidation::ApiKey(hash) => format!("k {}", to_hex(hash)),
         Invalidation::All => "*".to_owned(),
     }
 }
@@ -1649,7 +1639,7 @@ impl Store for RedisStore {
             Arg::num(score),
             Arg::text(
                 first_refresh
-                    .map(|t| hex(&t.token_hash))
+                    .map(|t| to_hex(&t.token_hash))
                     .unwrap_or_default(),
             ),
             Arg::num(first_refresh.map_or(0, |t| t.expires_at)),
@@ -1753,8 +1743,8 @@ impl Store for RedisStore {
             .run(
                 &self.scripts.rotate_refresh,
                 vec![
-                    Arg::text(hex(presented)),
-                    Arg::text(hex(new_hash)),
+                    Arg::text(to_hex(presented)),
+                    Arg::text(to_hex(new_hash)),
                     Arg::num(now),
                     Arg::num(grace),
                     Arg::num(new_expires_at),
@@ -1851,7 +1841,7 @@ impl Store for RedisStore {
         let mut args = vec![
             Arg::text(key.id.as_str()),
             Arg::text(key.user_id.as_str()),
-            Arg::text(hex(&key.key_hash)),
+            Arg::text(to_hex(&key.key_hash)),
         ];
         args.extend(api_key_pairs(key)?.0);
         let v = self.run(&self.scripts.create_api_key, args).await?;
@@ -1868,7 +1858,7 @@ impl Store for RedisStore {
     }
 
     async fn get_api_key_by_hash(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
-        self.by_index(&format!("kh:{}", hex(hash)), "k:")
+        self.by_index(&format!("kh:{}", to_hex(hash)), "k:")
             .await?
             .as_ref()
             .map(api_key_from)
@@ -1998,7 +1988,7 @@ impl Store for RedisStore {
 
     async fn create_one_time_token(&self, token: &OneTimeToken) -> Result<(), StoreError> {
         let mut args = vec![
-            Arg::text(hex(&token.token_hash)),
+            Arg::text(to_hex(&token.token_hash)),
             Arg::opt(token.user_id.as_deref()),
             Arg::num(token.expires_at),
             Arg::text(
@@ -2021,7 +2011,7 @@ impl Store for RedisStore {
         kind: OneTimeKind,
         now: UnixMillis,
     ) -> Result<Option<OneTimeToken>, StoreError> {
-        let Some(fields) = self.hgetall(&format!("o:{}", hex(hash))).await? else {
+        let Some(fields) = self.hgetall(&format!("o:{}", to_hex(hash))).await? else {
             return Ok(None);
         };
         let token = one_time_from(&fields)?;
@@ -2038,7 +2028,7 @@ impl Store for RedisStore {
             .run(
                 &self.scripts.one_time_consume,
                 vec![
-                    Arg::text(hex(hash)),
+                    Arg::text(to_hex(hash)),
                     Arg::text(kind.as_str()),
                     Arg::num(now),
                 ],
@@ -2663,7 +2653,7 @@ mod tests {
     #[test]
     fn hashes_round_trip_through_hex() {
         let h = conformance::random_hash();
-        assert_eq!(unhex(&hex(&h)).unwrap(), h);
+        assert_eq!(unhex(&to_hex(&h)).unwrap(), h);
         assert!(unhex("zz").is_err());
     }
 

@@ -165,22 +165,17 @@ impl Accounts {
             .ok_or(AccountError::InvalidOneTimeToken)?;
         let email = pending.email.ok_or(AccountError::InvalidOneTimeToken)?;
 
-        let mut issues = Vec::new();
         let username = non_empty(input.username);
         let name = non_empty(input.name);
-        validate::identity(
-            Some(email.as_str()),
-            username.as_deref(),
-            name.as_deref(),
-            &mut issues,
-        );
         let password = input.password.unwrap_or_default();
-        validate::sign_up_password(
-            &password,
-            input.password_confirmation.as_deref(),
-            cfg.accounts.password.min_length as usize,
-            &mut issues,
-        );
+        let issues = validate::SignUp {
+            email: Some(email.as_str()),
+            username: username.as_deref(),
+            name: name.as_deref(),
+            password: &password,
+            confirmation: input.password_confirmation.as_deref(),
+        }
+        .issues(cfg.accounts.password.min_length as usize);
         if !issues.is_empty() {
             return Err(AccountError::Invalid(issues));
         }

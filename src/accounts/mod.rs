@@ -487,23 +487,18 @@ impl Accounts {
             }));
         }
 
-        let mut issues = Vec::new();
         let email = non_empty(input.email);
         let username = non_empty(input.username);
         let name = non_empty(input.name);
-        validate::identity(
-            email.as_deref(),
-            username.as_deref(),
-            name.as_deref(),
-            &mut issues,
-        );
         let password = input.password.unwrap_or_default();
-        validate::sign_up_password(
-            &password,
-            input.password_confirmation.as_deref(),
-            cfg.accounts.password.min_length as usize,
-            &mut issues,
-        );
+        let issues = validate::SignUp {
+            email: email.as_deref(),
+            username: username.as_deref(),
+            name: name.as_deref(),
+            password: &password,
+            confirmation: input.password_confirmation.as_deref(),
+        }
+        .issues(cfg.accounts.password.min_length as usize);
         if !issues.is_empty() {
             return Err(AccountError::Invalid(issues));
         }

@@ -141,19 +141,28 @@ pub fn confirmation(password: &str, confirmation: Option<&str>, issues: &mut Vec
     }
 }
 
-/// A new account's password (sign-up, accepting an invitation): required, the policy, and
-/// the confirmation when one was sent.
-pub fn sign_up_password(
-    password: &str,
-    confirmation_given: Option<&str>,
-    min_length: usize,
-    issues: &mut Vec<FieldIssue>,
-) {
-    if password.is_empty() {
-        issues.push(FieldIssue::invalid("password", "is required"));
-    } else {
-        new_password("password", password, min_length, issues);
-        confirmation(password, confirmation_given, issues);
+/// Everything a self-made account must get right (sign-up, accepting an invitation): its
+/// names ([`identity`]), a password (required, the policy) and the confirmation when one was
+/// sent. All issues at once.
+pub struct SignUp<'a> {
+    pub email: Option<&'a str>,
+    pub username: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub password: &'a str,
+    pub confirmation: Option<&'a str>,
+}
+
+impl SignUp<'_> {
+    pub fn issues(&self, min_length: usize) -> Vec<FieldIssue> {
+        let mut issues = Vec::new();
+        identity(self.email, self.username, self.name, &mut issues);
+        if self.password.is_empty() {
+            issues.push(FieldIssue::invalid("password", "is required"));
+        } else {
+            new_password("password", self.password, min_length, &mut issues);
+            confirmation(self.password, self.confirmation, &mut issues);
+        }
+        issues
     }
 }
 

@@ -452,18 +452,9 @@ pub async fn handle(
                 )),
             }
         }
-        (Some(rest), _)
-            if rest
-                .strip_prefix("/admin/users/")
-                .and_then(|r| r.strip_suffix("/api-keys"))
-                .is_some() =>
-        {
+        (Some(rest), _) if admin_user_sub(rest, "/api-keys").is_some() => {
             allow(&method, &[Method::POST])?;
-            // `/admin/users/api-keys` (an empty id) must not slice backwards.
-            let id = rest
-                .strip_prefix("/admin/users/")
-                .and_then(|r| r.strip_suffix("/api-keys"))
-                .unwrap_or_default();
+            let id = admin_user_sub(rest, "/api-keys").unwrap_or_default();
             let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             require_admin(&caller)?;
             let owner = accounts.user_by_id(id).await?;
@@ -476,17 +467,9 @@ pub async fn handle(
                 true,
             ))
         }
-        (Some(rest), _)
-            if rest
-                .strip_prefix("/admin/users/")
-                .and_then(|r| r.strip_suffix("/mfa"))
-                .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
-        {
+        (Some(rest), _) if admin_user_sub(rest, "/mfa").is_some() => {
             allow(&method, &[Method::DELETE])?;
-            let id = rest
-                .strip_prefix("/admin/users/")
-                .and_then(|r| r.strip_suffix("/mfa"))
-                .unwrap_or_default();
+            let id = admin_user_sub(rest, "/mfa").unwrap_or_default();
             let caller = authenticate(accounts, snapshot, ctx, &method, req.headers(), now).await?;
             require_admin(&caller)?;
             accounts.reset_mfa(id, now).await?;
@@ -595,6 +578,13 @@ pub async fn handle(
         }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// The user id of `/admin/users/{id}{suffix}` (an id is one non-empty path segment).
+fn admin_user_sub<'a>(rest: &'a str, suffix: &str) -> Option<&'a str> {
+    rest.strip_prefix("/admin/users/")?
+        .strip_suffix(suffix)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// The session of a first factor, or 401 `mfa_required` with the `mfa_token` when the

@@ -2669,9 +2669,26 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_server_is_unavailable() {
         let port = free_port();
-        let mut options = RedisOptions::new(format!("redis://127.0.0.1:{port}/"), false);
+        let mut options = RedisOptions::new(format!("redis://:s3cret-pw@127.0.0.1:{port}/"), false);
         options.connect_timeout = Duration::from_millis(300);
         let err = RedisStore::connect(&options).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        // The error is logged at start: it must not carry the URL's password.
+        assert!(!format!("{err} {err:?}").contains("s3cret-pw"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_password_is_not_echoed() {
+        let server = Server::start(&["--requirepass", "the-right-one"]);
+        let options = RedisOptions::new(
+            format!("redis://:wrong-pw-123@127.0.0.1:{}/", server.port),
+            false,
+        );
+        let err = RedisStore::connect(&options).await.unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(
+            !text.contains("wrong-pw-123") && !text.contains("the-right-one"),
+            "{text}"
+        );
     }
 }

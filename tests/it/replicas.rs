@@ -38,6 +38,31 @@ async fn register(gw: &Gateway, email: &str) -> String {
     reg.json()["access_token"].as_str().unwrap().to_owned()
 }
 
+/// A secret API key of the token's user, made through `gw`: its JSON (`id`, `key`, ...).
+async fn new_key(gw: &Gateway, token: &str, name: &str) -> Value {
+    let key = post(
+        gw,
+        "/auth/api-keys",
+        Some(token),
+        json!({"name": name, "kind": "secret"}),
+    )
+    .await;
+    assert_eq!(key.status, 201, "{:?}", key.body);
+    key.json()
+}
+
+/// Revokes the key with this id through `gw`.
+async fn revoke_key(gw: &Gateway, token: &str, id: &Value) {
+    let revoked = send(
+        "DELETE",
+        &gw.url(&format!("/auth/api-keys/{}", id.as_str().unwrap())),
+        &[("authorization", &format!("Bearer {token}"))],
+        crate::support::empty(),
+    )
+    .await;
+    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+}
+
 async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Answer {
     send("GET", &gw.url(path), headers, crate::support::empty()).await
 }
@@ -88,15 +113,10 @@ async fn two_replicas_behave_as_one_gateway() {
     assert_eq!(rotated.status, 200, "{:?}", rotated.body);
 
     // An API key made through A opens a proxied route through B.
-    let key = post(
-        &a,
-        "/auth/api-keys",
-        Some(&from_a),
-        json!({"name": "ci", "kind": "secret"}),
-    )
-    .await;
-    assert_eq!(key.status, 201, "{:?}", key.body);
-    let sk = key.json()["key"].as_str().unwrap().to_owned();
+    let sk = new_key(&a, &from_a, "ci").await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let through_b = get(&b, "/req/x", &[("x-api-key", &sk)]).await;
     assert_eq!(through_b.status, 200, "{:?}", through_b.body);
     assert!(through_b.seen("x-user-id").is_some());
@@ -146,24 +166,10 @@ async fn revocations_reach_the_other_replica() {
     let bearer = format!("Bearer {token}");
 
     // An API key, used (and so cached) on B, revoked on A.
-    let key = post(
-        &a,
-        "/auth/api-keys",
-        Some(&token),
-        json!({"name": "ci", "kind": "secret"}),
-    )
-    .await
-    .json();
+    let key = new_key(&a, &token, "ci").await;
     let sk = key["key"].as_str().unwrap().to_owned();
     assert_eq!(get(&b, "/req/x", &[("x-api-key", &sk)]).await.status, 200);
-    let revoked = send(
-        "DELETE",
-        &a.url(&format!("/auth/api-keys/{}", key["id"].as_str().unwrap())),
-        &[("authorization", &bearer)],
-        crate::support::empty(),
-    )
-    .await;
-    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+    revoke_key(&a, &token, &key["id"]).await;
     let got = eventually(second, 401, || async {
         get(&b, "/req/x", &[("x-api-key", &sk)]).await.status
     })
@@ -240,18 +246,10 @@ async fn a_redis_outage_and_recovery() {
     let b = replica(&redis, &echo);
 
     let token = register(&a, "kay@example.com").await;
-    let mut keys = Vec::new();
-    for name in ["used", "unused"] {
-        let k = post(
-            &a,
-            "/auth/api-keys",
-            Some(&token),
-            json!({"name": name, "kind": "secret"}),
-        )
-        .await;
-        assert_eq!(k.status, 201, "{:?}", k.body);
-        keys.push(k.json());
-    }
+    let keys = [
+        new_key(&a, &token, "used").await,
+        new_key(&a, &token, "unused").await,
+    ];
     let used = keys[0]["key"].as_str().unwrap().to_owned();
     let unused = keys[1]["key"].as_str().unwrap().to_owned();
     for gw in [&a, &b] {
@@ -305,17 +303,7 @@ async fn a_redis_outage_and_recovery() {
     }
     // The subscription is back too: a revocation on A reaches B's cache. (B re-subscribes
     // with backoff, and flushes its cache when it does, so allow for both.)
-    let revoked = send(
-        "DELETE",
-        &a.url(&format!(
-            "/auth/api-keys/{}",
-            keys[0]["id"].as_str().unwrap()
-        )),
-        &[("authorization", &format!("Bearer {token}"))],
-        crate::support::empty(),
-    )
-    .await;
-    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+    revoke_key(&a, &token, &keys[0]["id"]).await;
     let got = eventually(within, 401, || async {
         get(&b, "/req/x", &[("x-api-key", &used)]).await.status
     })

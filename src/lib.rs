@@ -15,6 +15,7 @@ pub mod echo;
 pub mod endpoints;
 pub mod mail;
 pub mod metrics;
+pub mod netio;
 pub mod oauth;
 pub mod outbound;
 pub mod pool;

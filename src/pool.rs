@@ -22,12 +22,12 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use rustls::pki_types::CertificateDer;
 
 use crate::body::ReqBody;
+use crate::netio::Flat;
 
 /// Idle connections older than this are not reused: upstreams close idle keep-alive
 /// connections after their own timeout (nginx: 75 s), and reusing one at that moment races.
@@ -102,7 +102,7 @@ async fn handshake<I>(io: I) -> Result<SendRequest<ReqBody>, hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    let (sender, conn) = http1::Builder::new().handshake(Flat::new(io)).await?;
     tokio::spawn(conn.with_upgrades());
     Ok(sender)
 }

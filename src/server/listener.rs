@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::pem::PemObject;
@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::ServerError;
 use crate::config::{Limits, TlsConfig};
+use crate::netio::Flat;
 
 /// How long a client may take to finish a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,7 +119,7 @@ pub async fn serve<M, S, F>(
             match tls {
                 None => {
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(Flat::new(stream), service)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(target: "gatehouse::server", %peer, error = %e, "connection ended");
@@ -139,7 +140,7 @@ pub async fn serve<M, S, F>(
                         Err(_) => return,
                     };
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(Flat::new(stream), service)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(target: "gatehouse::server", %peer, error = %e, "connection ended");

@@ -215,7 +215,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: connecting (TCP, TLS handshake) is rare next to reusing a connection, and
+        // its future (rustls state included) would otherwise be copied with every request's.
+        let mut sender = Box::pin(self.connect()).await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(self.wrap(resp, sender)),
             Err(e) => Err(PoolError::Request(e)),

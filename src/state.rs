@@ -291,6 +291,8 @@ pub struct RequestCtx {
     pub request_id: http::HeaderValue,
     /// The TCP peer's address.
     pub client_ip: std::net::IpAddr,
+    /// `client_ip` as a header value (`X-Forwarded-For`).
+    pub client_ip_value: http::HeaderValue,
     /// Whether the peer is in `trusted_proxies`.
     pub trusted_peer: bool,
     /// `https` when the client connection is TLS.

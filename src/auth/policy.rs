@@ -82,7 +82,10 @@ pub async fn authorize(
                 audience: &config.tokens.audience,
                 external: true,
             };
-            Some(auth.authenticate(p, rules, crate::store::unix_now()).await)
+            // Boxed: authenticating (cache, store, signature checks) makes a future of
+            // several KiB, which would otherwise be part of every proxied request's future,
+            // public routes included, and be copied with it.
+            Some(Box::pin(auth.authenticate(p, rules, crate::store::unix_now())).await)
         }
     };
     let principal = decide(route, found)?;

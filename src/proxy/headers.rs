@@ -9,10 +9,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::principal::Principal;
 
-/// RFC 9110 section 7.6.1 plus the legacy names still seen in the wild. Pre-built names:
-/// removing by `&str` would parse and hash each name again on every request.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
+/// RFC 9110 section 7.6.1 plus the legacy names still seen in the wild, besides `Connection`
+/// and `TE` (which [`remove_hop_by_hop`] treats on their own). Pre-built names: removing by
+/// `&str` would parse and hash each name again on every request.
+static HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     header::TRANSFER_ENCODING,
@@ -54,7 +54,22 @@ pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers and every header named in `Connection`. `TE: trailers` survives
 /// because gRPC over HTTP/2 needs it end to end.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One look at the names present first: a removal by name costs a hash and a probe
+    // whether or not the name is there, and most messages carry none of these (callgrind:
+    // eight blind removals were ~7% of a proxied request's instructions).
+    let mut connection = false;
+    let mut te = false;
+    let mut doomed = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::TE {
+            te = true;
+        } else if HOP_BY_HOP.contains(name) {
+            doomed = true;
+        }
+    }
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -65,15 +80,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         for name in named {
             headers.remove(&name);
         }
+        headers.remove(header::CONNECTION);
     }
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    if te
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if doomed {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
 }
 
@@ -112,9 +131,17 @@ pub fn inject_identity(headers: &mut HeaderMap, principal: &Principal) {
     principal.write_headers(headers);
 }
 
+/// `ip` as a header value. The gateway renders its peer's address once per connection
+/// (formatting an address costs more than the rest of `set_forwarded` together).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// What the gateway knows about the client's connection.
 pub struct ClientConn<'a> {
-    pub ip: IpAddr,
+    /// The peer's address ([`ip_value`]).
+    pub ip: &'a HeaderValue,
     /// Whether `ip` is in `trusted_proxies`.
     pub trusted: bool,
     /// `http` or `https`: how the client reached the gateway.
@@ -126,7 +153,6 @@ pub struct ClientConn<'a> {
 /// `X-Forwarded-For/Proto/Host`: a trusted proxy's values are kept (XFF extended with the
 /// peer); anyone else's are replaced, so a client cannot forge its address.
 pub fn set_forwarded(headers: &mut HeaderMap, conn: &ClientConn<'_>) {
-    let peer = conn.ip.to_string();
     let xff = if conn.trusted {
         let previous: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -134,15 +160,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, conn: &ClientConn<'_>) {
             .filter_map(|v| v.to_str().ok())
             .collect();
         if previous.is_empty() {
-            peer
+            Some(conn.ip.clone())
         } else {
-            format!("{}, {}", previous.join(", "), peer)
+            let peer = conn.ip.to_str().unwrap_or("unknown");
+            HeaderValue::from_str(&format!("{}, {}", previous.join(", "), peer)).ok()
         }
     } else {
         headers.remove(header::FORWARDED);
-        peer
+        Some(conn.ip.clone())
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -195,6 +222,18 @@ mod tests {
         let mut h = map(&[("te", "trailers")]);
         remove_hop_by_hop(&mut h);
         assert!(h.contains_key("te"));
+        // Hop-by-hop names without a `Connection` header, and nothing to remove at all.
+        let mut h = map(&[
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = map(&[("accept", "*/*"), ("x-trace", "1")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     #[test]
@@ -216,8 +255,9 @@ mod tests {
     #[test]
     fn forwarded_headers() {
         let host = HeaderValue::from_static("app.example.com");
+        let ip = ip_value("10.0.0.7".parse().unwrap());
         let conn = |trusted| ClientConn {
-            ip: "10.0.0.7".parse().unwrap(),
+            ip: &ip,
             trusted,
             scheme: "http",
             host: Some(&host),

@@ -104,15 +104,14 @@ pub async fn handle(
     }
     headers::inject_identity(&mut hdrs, &principal);
     if route.config.identity_assertion
-        && let Some(token) = auth
-            .assertion(
-                &principal,
-                &route.config.name,
-                &snapshot.config.tokens.issuer,
-                crate::store::unix_now(),
-            )
-            .await
-            .map_err(|e| ApiError::Internal(format!("signing the identity assertion: {e}")))?
+        && let Some(token) = Box::pin(auth.assertion(
+            &principal,
+            &route.config.name,
+            &snapshot.config.tokens.issuer,
+            crate::store::unix_now(),
+        ))
+        .await
+        .map_err(|e| ApiError::Internal(format!("signing the identity assertion: {e}")))?
         && let Ok(v) = HeaderValue::from_str(&token)
     {
         hdrs.insert(headers::X_GATEHOUSE_ASSERTION.clone(), v);
@@ -137,7 +136,7 @@ pub async fn handle(
     headers::set_forwarded(
         &mut hdrs,
         &headers::ClientConn {
-            ip: ctx.client_ip,
+            ip: &ctx.client_ip_value,
             trusted: ctx.trusted_peer,
             scheme: ctx.scheme,
             host: host.as_ref(),
@@ -217,9 +216,10 @@ async fn rate_limit(
         LimitKey::Ip => Who::Ip(ip()),
     };
     // Only a shared exact policy waits (one store round trip); local and approximate
-    // decisions are made on the spot.
+    // decisions are made on the spot. (Boxed, like the other rarely taken awaits of the
+    // proxy path, so its future is not part of, and copied with, every request's.)
     let decision = if limiter.round_trips() {
-        limiter.check_exact(&who).await
+        Box::pin(limiter.check_exact(&who)).await
     } else {
         limiter.check_who(&who)
     };
@@ -240,11 +240,25 @@ async fn rate_limit(
 /// The credentials Gatehouse reads (`X-API-Key`, a bearer token, the session and CSRF
 /// cookies) are not the upstream's business unless a route says `forward_credentials`.
 fn remove_credentials(h: &mut http::HeaderMap, snapshot: &Snapshot) {
-    h.remove(&auth::X_API_KEY);
-    if auth::bearer(h).is_some() {
+    // Names present first, as in `headers::remove_hop_by_hop`: most requests to a public
+    // route carry none of the three.
+    let (mut key, mut authorization, mut cookies) = (false, false, false);
+    for name in h.keys() {
+        if name == header::AUTHORIZATION {
+            authorization = true;
+        } else if name == header::COOKIE {
+            cookies = true;
+        } else if name == auth::X_API_KEY {
+            key = true;
+        }
+    }
+    if key {
+        h.remove(&auth::X_API_KEY);
+    }
+    if authorization && auth::bearer(h).is_some() {
         h.remove(header::AUTHORIZATION);
     }
-    if h.contains_key(header::COOKIE) {
+    if cookies {
         cookie::strip(h, &[&snapshot.session_cookie, &snapshot.csrf_cookie]);
     }
 }

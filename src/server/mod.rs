@@ -129,9 +129,9 @@ impl Gateway {
             drain,
             move |peer, tls| {
                 let (shared, accounts, live) = (shared.clone(), accounts.clone(), live.clone());
-                let conn = dispatch::ConnInfo { peer, tls };
+                let conn = dispatch::ConnInfo::new(peer, tls);
                 move |req| {
-                    let (shared, accounts) = (shared.clone(), accounts.clone());
+                    let (shared, accounts, conn) = (shared.clone(), accounts.clone(), conn.clone());
                     let snapshot = live.load_full();
                     async move {
                         Ok::<_, std::convert::Infallible>(

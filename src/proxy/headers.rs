@@ -70,12 +70,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if connection {
+        // `keep-alive` and `close`, nearly every upstream's whole `Connection` value, need no
+        // lookup: neither names a header the peer may send besides `Keep-Alive`, which is
+        // in HOP_BY_HOP. (Nothing is allocated unless another name is listed.)
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(&name);

@@ -390,11 +390,12 @@ impl Accounts {
         Ok(KeyRing::new(&keys, now)?)
     }
 
-    /// Makes the dummy hash used for unknown accounts now, so the first login naming one
-    /// does not take twice as long as a wrong password (SPEC section 4: similar timing) and
-    /// its 19 MiB of argon2 memory is touched before traffic. For the server, not the CLI.
+    /// Starts the password-hashing threads, so a machine that cannot start them fails at
+    /// start rather than at the first login. Nothing is hashed: argon2's 19 MiB block would
+    /// stay in the allocator of an idle gateway (the dummy hash for unknown accounts is a
+    /// constant, see `password::verify_dummy`). For the server, not the CLI.
     pub async fn warm_up(&self) -> Result<(), AccountError> {
-        password::verify_blocking(String::new(), None).await?;
+        password::start_hash_pool()?;
         Ok(())
     }
 

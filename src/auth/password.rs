@@ -195,7 +195,6 @@ static POOL: LazyLock<Option<HashPool>> = LazyLock::new(|| {
     (started > 0).then_some(HashPool { jobs })
 });
 
-/// Runs `f` on the hashing threads and waits for its result without blocking the runtime.
 /// Starts the hashing threads if they are not running yet.
 ///
 /// # Errors
@@ -204,6 +203,7 @@ pub fn start_hash_pool() -> Result<(), PasswordError> {
     POOL.as_ref().map(|_| ()).ok_or(PasswordError::Worker)
 }
 
+/// Runs `f` on the hashing threads and waits for its result without blocking the runtime.
 async fn on_hash_pool<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, PasswordError> {

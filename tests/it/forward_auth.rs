@@ -168,6 +168,7 @@ async fn nginx_auth_request() {
     let dir = tempfile::tempdir().unwrap();
     let conf = format!(
         r#"daemon off;
+master_process off;
 worker_processes 1;
 error_log {dir}/error.log;
 pid {dir}/nginx.pid;
@@ -207,6 +208,8 @@ http {{
     );
     let conf_path = dir.path().join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
+    // `master_process off`: one process, so killing the child stops nginx. With a master,
+    // the SIGKILL of `Peer::drop` left its worker running (and listening) after every test.
     let mut child = Command::new("nginx")
         .arg("-c")
         .arg(&conf_path)

@@ -18,7 +18,8 @@
 # upstream keep-alive) if haproxy is installed.
 # Everything it started is stopped on exit.
 #
-# Needs: valgrind, h2load (Debian: `apt-get install valgrind nghttp2-client`), taskset, curl.
+# Needs: valgrind, h2load (Debian: `apt-get install valgrind nghttp2-client`), taskset, curl,
+# python3 (free ports).
 set -euo pipefail
 
 N=5000
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-for b in valgrind callgrind_control h2load taskset curl; do
+for b in valgrind callgrind_control h2load taskset curl python3; do
   command -v "$b" >/dev/null || { echo "$b not found (apt-get install valgrind nghttp2-client)" >&2; exit 1; }
 done
 
@@ -86,8 +87,8 @@ measure() { # name port -- command...
   curl -sf "http://127.0.0.1:$port/" >/dev/null || { cat "$WORK/$name.log" >&2; echo "$name did not answer" >&2; exit 1; }
   h2load --h1 -n 2000 -c 8 "http://127.0.0.1:$port/" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  local done
-  done=$(h2load --h1 -n "$N" -c 8 "http://127.0.0.1:$port/" | awk '/^requests:/ {print $8}')
+  local succeeded
+  succeeded=$(h2load --h1 -n "$N" -c 8 "http://127.0.0.1:$port/" | awk '/^requests:/ {print $8}')
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   kill "$pid" 2>/dev/null || true
@@ -99,7 +100,7 @@ measure() { # name port -- command...
   local per=$(( total / N ))
   [ -z "$FIRST" ] && FIRST=$per
   printf '%-20s %10d instr/request  %5.2fx  (%s of %s requests succeeded)\n' \
-    "$name" "$per" "$(echo "$per $FIRST" | awk '{print $1/$2}')" "$done" "$N"
+    "$name" "$per" "$(echo "$per $FIRST" | awk '{print $1/$2}')" "$succeeded" "$N"
 }
 
 row_gatehouse() { # name bin

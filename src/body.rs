@@ -21,6 +21,9 @@ pub enum BodyError {
     TooLarge { limit: u64 },
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// A response body read by the gateway's own HTTP/1.1 exchange (`pool::h1`).
+    #[error(transparent)]
+    Upstream(#[from] crate::pool::H1Error),
 }
 
 /// The response body sent to the client.
@@ -42,12 +45,12 @@ impl ResBody {
 
 impl Body for ResBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResBody::Full(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),

@@ -1,4 +1,6 @@
-//! Keep-alive connections to one upstream target, over hyper's HTTP/1.1 client connection.
+//! Keep-alive connections to one upstream target: body-less requests over the gateway's own
+//! HTTP/1.1 exchange ([`h1`]), requests with a body and upgrades over hyper's HTTP/1.1 client
+//! connection. Each kind keeps its own idle connections.
 //!
 //! The gateway owns this pool instead of using hyper-util's legacy `Client`: profiling the
 //! proxy path showed that client's per-request machinery (a spawned task per request to watch
@@ -9,8 +11,12 @@
 //!
 //! A request that an idle connection could not take (the upstream closed it meanwhile) comes
 //! back untouched from `try_send_request` and is sent on a fresh connection: nothing was
-//! written, so that is safe for every method. Connection failures are reported as
-//! [`PoolError::Connect`] so the caller can fail over to another target.
+//! written, so that is safe for every method. A body-less request on a reused connection that
+//! was closed before a byte of the answer came is sent again on another connection when its
+//! method is idempotent (RFC 9110 9.2.2), as browsers and Go's client do. Connection failures
+//! are reported as [`PoolError::Connect`] so the caller can fail over to another target.
+
+mod h1;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -18,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -26,8 +32,10 @@ use tokio::net::TcpStream;
 
 use rustls::pki_types::CertificateDer;
 
-use crate::body::ReqBody;
+use crate::body::{BodyError, ReqBody};
 use crate::netio::Flat;
+pub use h1::H1Error;
+use h1::Stream;
 
 /// Idle connections older than this are not reused: upstreams close idle keep-alive
 /// connections after their own timeout (nginx: 75 s), and reusing one at that moment races.
@@ -43,6 +51,9 @@ pub enum PoolError {
     /// The request failed on an established connection.
     #[error(transparent)]
     Request(hyper::Error),
+    /// A body-less exchange failed on an established connection.
+    #[error(transparent)]
+    Exchange(#[from] H1Error),
 }
 
 impl PoolError {
@@ -51,9 +62,16 @@ impl PoolError {
     }
 }
 
-struct Idle {
-    sender: SendRequest<ReqBody>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+/// The idle connections of each kind.
+#[derive(Default)]
+struct IdleSets {
+    hyper: Vec<Idle<SendRequest<ReqBody>>>,
+    own: Vec<Idle<h1::Conn>>,
 }
 
 /// How connections to a target are made.
@@ -98,19 +116,24 @@ pub struct Endpoint {
 
 /// HTTP/1.1 handshake on `io`; the connection is driven by its own task (with upgrades, so a
 /// `101 Switching Protocols` answer can take the stream over).
-async fn handshake<I>(io: I) -> Result<SendRequest<ReqBody>, hyper::Error>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn handshake(io: Stream) -> Result<SendRequest<ReqBody>, hyper::Error> {
     let (sender, conn) = http1::Builder::new().handshake(Flat::new(io)).await?;
     tokio::spawn(conn.with_upgrades());
     Ok(sender)
 }
 
+/// Methods whose request may be sent twice (RFC 9110 9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// The idle connections of one target.
 pub struct Pool {
     endpoint: Endpoint,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<IdleSets>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -125,23 +148,23 @@ impl Pool {
     pub fn new(endpoint: Endpoint) -> Arc<Pool> {
         Arc::new(Pool {
             endpoint,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleSets::default()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleSets> {
         match self.idle.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// The most recently used idle connection that is still open.
+    /// The most recently used idle hyper connection that is still open.
     fn checkout(&self) -> Option<SendRequest<ReqBody>> {
         let mut idle = self.lock();
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < IDLE_TIMEOUT {
-                return Some(conn.sender);
+        while let Some(conn) = idle.hyper.pop() {
+            if !conn.conn.is_closed() && conn.since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn.conn);
             }
         }
         None
@@ -152,15 +175,37 @@ impl Pool {
             return;
         }
         let mut idle = self.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
+        if idle.hyper.len() < MAX_IDLE {
+            idle.hyper.push(Idle {
+                conn: sender,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<ReqBody>, PoolError> {
+    /// The most recently used idle connection for body-less exchanges that is still open.
+    fn checkout_own(&self) -> Option<h1::Conn> {
+        loop {
+            let mut conn = self.lock().own.pop()?;
+            if conn.since.elapsed() < IDLE_TIMEOUT && conn.conn.idle_and_open() {
+                return Some(conn.conn);
+            }
+        }
+    }
+
+    fn checkin_own(&self, mut conn: h1::Conn) {
+        conn.park();
+        let mut idle = self.lock();
+        if idle.own.len() < MAX_IDLE {
+            idle.own.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new connection's byte stream (TCP, then TLS for `https`).
+    async fn open(&self) -> Result<Stream, PoolError> {
         let ep = &self.endpoint;
         let fail = |reason: String| PoolError::Connect {
             target: ep.authority.clone(),
@@ -181,22 +226,84 @@ impl Pool {
         };
         let _ = tcp.set_nodelay(true);
         match &ep.transport {
-            Transport::Plain | Transport::Broken(_) => {
-                handshake(tcp).await.map_err(|e| fail(e.to_string()))
-            }
+            Transport::Plain | Transport::Broken(_) => Ok(Stream::Plain(tcp)),
             Transport::Tls(connector, name) => {
                 let tls =
                     tokio::time::timeout(ep.connect_timeout, connector.connect(name.clone(), tcp))
                         .await
                         .map_err(|_| fail("TLS handshake timed out".into()))?
                         .map_err(|e| fail(format!("TLS: {e}")))?;
-                handshake(tls).await.map_err(|e| fail(e.to_string()))
+                Ok(Stream::Tls(Box::new(tls)))
             }
         }
     }
 
+    async fn connect(&self) -> Result<SendRequest<ReqBody>, PoolError> {
+        let stream = self.open().await?;
+        handshake(stream).await.map_err(|e| PoolError::Connect {
+            target: self.endpoint.authority.clone(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Sends `req` (origin-form URI, `Host` set by the caller) on a pooled or new connection.
     pub async fn send(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
+            return self.send_bodyless(req).await;
+        }
+        // Boxed: the bodyless path above is the common one, and this future (hyper's
+        // handshake, rustls state) would otherwise be part of, and copied with, every request's.
+        Box::pin(self.send_hyper(req)).await
+    }
+
+    async fn send_bodyless(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let (parts, _empty) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        while let Some(mut conn) = self.checkout_own() {
+            match conn.exchange(&parts.method, target, &parts.headers).await {
+                Ok(head) => return Ok(self.wrap_own(head, conn)),
+                // Closed while idle, before the request reached the upstream, most likely; the
+                // upstream may still have seen it, so only an idempotent request goes again.
+                Err(H1Error::Closed) if idempotent(&parts.method) => {}
+                Err(e) => return Err(PoolError::Exchange(e)),
+            }
+        }
+        // Boxed for the same reason as in `send`: a new connection is rare.
+        let stream = Box::pin(self.open()).await?;
+        let mut conn = h1::Conn::new(stream);
+        let head = conn.exchange(&parts.method, target, &parts.headers).await?;
+        Ok(self.wrap_own(head, conn))
+    }
+
+    fn wrap_own(self: &Arc<Self>, head: h1::Head, conn: h1::Conn) -> Response<PooledBody> {
+        let mut body = h1::Body::new(conn, &head);
+        let mut resp = Response::new(PooledBody {
+            inner: Inner::Own { body: None },
+        });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        let home = if http_body::Body::is_end_stream(&body) {
+            if let Some(conn) = body.reusable() {
+                self.checkin_own(conn);
+            }
+            None
+        } else {
+            Some(self.clone())
+        };
+        resp.body_mut().inner = Inner::Own {
+            body: Some((body, home)),
+        };
+        resp
+    }
+
+    async fn send_hyper(
         self: &Arc<Self>,
         req: Request<ReqBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
@@ -215,9 +322,7 @@ impl Pool {
                 },
             }
         }
-        // Boxed: connecting (TCP, TLS handshake) is rare next to reusing a connection, and
-        // its future (rustls state included) would otherwise be copied with every request's.
-        let mut sender = Box::pin(self.connect()).await?;
+        let mut sender = self.connect().await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(self.wrap(resp, sender)),
             Err(e) => Err(PoolError::Request(e)),
@@ -229,16 +334,19 @@ impl Pool {
         resp: Response<Incoming>,
         sender: SendRequest<ReqBody>,
     ) -> Response<PooledBody> {
+        let hyper = |inner, home| PooledBody {
+            inner: Inner::Hyper { inner, home },
+        };
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the upgraded stream.
-            return resp.map(|inner| PooledBody { inner, home: None });
+            return resp.map(|inner| hyper(inner, None));
         }
         if resp.body().is_end_stream() {
             self.checkin(sender);
-            return resp.map(|inner| PooledBody { inner, home: None });
+            return resp.map(|inner| hyper(inner, None));
         }
         let home = Some((sender, self.clone()));
-        resp.map(|inner| PooledBody { inner, home })
+        resp.map(|inner| hyper(inner, home))
     }
 }
 
@@ -246,8 +354,18 @@ impl Pool {
 /// Dropped before the end (the client went away), the connection is closed instead: it may
 /// still carry the rest of this response.
 pub struct PooledBody {
-    inner: Incoming,
-    home: Option<(SendRequest<ReqBody>, Arc<Pool>)>,
+    inner: Inner,
+}
+
+enum Inner {
+    Hyper {
+        inner: Incoming,
+        home: Option<(SendRequest<ReqBody>, Arc<Pool>)>,
+    },
+    /// `None` only while the response is being put together.
+    Own {
+        body: Option<(h1::Body, Option<Arc<Pool>>)>,
+    },
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -258,35 +376,63 @@ impl std::fmt::Debug for PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                this.home = None;
-                false
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().inner {
+            Inner::Hyper { inner, home } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+                    Poll::Ready(Some(Err(_))) => {
+                        *home = None;
+                        false
+                    }
+                    Poll::Pending => false,
+                };
+                if ended && let Some((sender, pool)) = home.take() {
+                    pool.checkin(sender);
+                }
+                polled.map_err(BodyError::Hyper)
             }
-            Poll::Pending => false,
-        };
-        if ended && let Some((sender, pool)) = this.home.take() {
-            pool.checkin(sender);
+            Inner::Own { body: None } => Poll::Ready(None),
+            Inner::Own {
+                body: Some((body, home)),
+            } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if body.is_end_stream()
+                    && let Some(pool) = home.take()
+                    && let Some(conn) = body.reusable()
+                {
+                    pool.checkin_own(conn);
+                }
+                polled.map_err(BodyError::Upstream)
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper { inner, .. } => inner.is_end_stream(),
+            Inner::Own { body: None } => true,
+            Inner::Own {
+                body: Some((body, _)),
+            } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper { inner, .. } => inner.size_hint(),
+            Inner::Own { body: None } => SizeHint::with_exact(0),
+            Inner::Own {
+                body: Some((body, _)),
+            } => body.size_hint(),
+        }
     }
 }
 
@@ -307,3 +453,6 @@ pub fn client_tls(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,578 @@
+//! HTTP/1.1 exchanges for body-less requests, without hyper's client connection.
+//!
+//! Why: callgrind put hyper's client connection at ~13k of the ~40k user-space instructions
+//! of a proxied request (the dispatch channel and oneshot, the hop to the connection's own
+//! task, the response head parsed into a HeaderMap and the body handed over a channel), while
+//! a body-less request, the bulk of a gateway's traffic, needs none of that: its head goes out
+//! in one write and the answer is read back by the task that waits for it. Here the request's
+//! task encodes the head into the connection's buffer, sends it, parses the answer with
+//! httparse (hyper's own parser) and the response body is read from the socket by the body's
+//! own poll. Requests with a body (the answer may come while the body is still being sent) and
+//! upgrades stay on hyper's connection (`super::Pool`).
+//!
+//! Framing follows RFC 9112 section 6.3: no body for `HEAD`, 1xx, 204 and 304; chunked when
+//! `Transfer-Encoding` ends in `chunked`; `Content-Length` (repeated only with one value);
+//! otherwise the body runs to the connection's close. A connection is reused only after a
+//! body that ended by its own framing, on an HTTP/1.1 answer without `Connection: close` (or
+//! an HTTP/1.0 one with `keep-alive`), and never when both framings were sent.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Largest response head accepted (hyper's client allows ~400 KiB of buffer; heads near this
+/// size are an upstream bug, not a use).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head (hyper's client: 100).
+const MAX_HEADERS: usize = 100;
+/// Header fields a response map has room for at least. The gateway adds its own to the answer
+/// (`RateLimit`, ...), and hyper's server connection keeps the map it sent as the next request's
+/// map, to which the proxy path adds `X-Forwarded-*`, `X-Request-Id` and identity fields: a map
+/// sized to the upstream's fields alone grew (rehashing every entry) twice per request.
+const RESPONSE_FIELDS: usize = 24;
+/// First read size of a connection; doubled while reads fill the buffer (large bodies), up to
+/// [`MAX_READ`], and back to this when the connection goes idle.
+const FIRST_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Longest chunk-size line (with extensions) or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The connection was closed or reset before a byte of the answer came: on a reused
+    /// connection, the upstream most likely closed it while idle.
+    #[error("upstream closed the connection without answering")]
+    Closed,
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("invalid response head from upstream: {0}")]
+    Head(&'static str),
+    #[error("upstream response head exceeds {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("upstream switched protocols on a request that asked for no upgrade")]
+    UnaskedUpgrade,
+    #[error("invalid Content-Length from upstream")]
+    BadLength,
+    #[error("invalid chunked body from upstream")]
+    BadChunk,
+    #[error("upstream closed the connection before the end of the body")]
+    Truncated,
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP for `https` targets.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One keep-alive connection to an upstream, between exchanges or inside one.
+pub struct Conn {
+    io: Stream,
+    /// Bytes read and not yet consumed: the rest of a response, never the next one's start
+    /// (a connection with leftovers after its body's end is not reused).
+    buf: BytesMut,
+    read_size: usize,
+    /// The encoded request head, kept for its capacity.
+    head: Vec<u8>,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head and what it says about the body and the connection.
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    framing: Option<Framing>,
+    keep_alive: bool,
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            read_size: FIRST_READ,
+            head: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: nothing arrived on it meanwhile (an
+    /// upstream's close, or bytes it had no reason to send). For TCP this is a look at the
+    /// readiness the event loop already recorded, not a system call.
+    pub fn idle_and_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+
+    /// Gets the connection ready to wait in the pool: a buffer grown by a large body is let go.
+    pub fn park(&mut self) {
+        if self.read_size > FIRST_READ {
+            self.buf = BytesMut::new();
+            self.read_size = FIRST_READ;
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Sends a body-less request and reads the answer's head. `target` is the origin-form
+    /// path and query; `headers` go out as given (the caller has set `Host`).
+    pub async fn exchange(
+        &mut self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+    ) -> Result<Head, H1Error> {
+        encode(&mut self.head, method, target, headers);
+        // Sent when the event loop has polled every task it had ready, not at once: upstream
+        // writes then leave in a cluster, as they did from hyper's connection tasks, and an
+        // upstream on the same core (a sidecar, the benchmark rig) reads a batch per wake-up
+        // instead of being woken, and preempting the gateway, per request (measured: 0.54
+        // context switches per request written at once, 0.38 clustered, as before).
+        tokio::task::yield_now().await;
+        let sent = async {
+            self.io.write_all(&self.head).await?;
+            self.io.flush().await
+        };
+        if let Err(e) = sent.await {
+            return Err(closed_or(e));
+        }
+        let head_request = method == Method::HEAD;
+        let mut received = false;
+        loop {
+            if !self.buf.is_empty() {
+                received = true;
+                match parse(&mut self.buf, head_request)? {
+                    Parsed::Head(head) => return Ok(head),
+                    Parsed::Interim => continue,
+                    Parsed::Partial if self.buf.len() >= MAX_HEAD => {
+                        return Err(H1Error::HeadTooLarge);
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if !received => return Err(H1Error::Closed),
+                Ok(0) => return Err(H1Error::Head("connection closed inside the head")),
+                Ok(_) => {}
+                Err(e) if !received => return Err(closed_or(e)),
+                Err(e) => return Err(H1Error::Io(e)),
+            }
+        }
+    }
+}
+
+/// A reset or broken pipe before any answer is the idle-close race, like an orderly close.
+fn closed_or(e: io::Error) -> H1Error {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => H1Error::Closed,
+        _ => H1Error::Io(e),
+    }
+}
+
+/// The request head in HTTP/1.1 wire form. Names and values come from `http` types, which
+/// admit no CR, LF or NUL, so nothing can be injected.
+fn encode(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+enum Parsed {
+    Head(Head),
+    /// A 1xx answer other than 101, consumed: the real one follows.
+    Interim,
+    Partial,
+}
+
+/// What the framing and connection headers of a head say, gathered while parsing.
+#[derive(Default)]
+struct Meta {
+    length: Option<u64>,
+    bad_length: bool,
+    /// `Some(true)` when the last transfer coding is `chunked`.
+    chunked: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Meta {
+    fn note(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // `5, 5` and repeated fields are one length if they agree (RFC 9110 8.6).
+            for part in value.split(|&b| b == b',') {
+                match parse_length(part.trim_ascii()) {
+                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                    _ => self.bad_length = true,
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if let Some(last) = value.rsplit(|&b| b == b',').next() {
+                self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                }
+            }
+        }
+    }
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Parses one response head at the start of `buf`, consuming it when complete.
+fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error> {
+    // Byte ranges of names and values in `buf`, so the values can share the buffer's memory
+    // once the borrow of the parse ends (as hyper does).
+    let mut ranges = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut meta = Meta::default();
+    let (len, code, minor, count) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(H1Error::Head("more than 100 header fields"));
+            }
+            Err(_) => return Err(H1Error::Head("malformed")),
+        };
+        let base = buf.as_ptr() as usize;
+        for (range, h) in ranges.iter_mut().zip(resp.headers.iter()) {
+            meta.note(h.name.as_bytes(), h.value);
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            // Offsets stay below MAX_HEAD plus one read, far inside u32.
+            *range = (
+                name as u32,
+                (name + h.name.len()) as u32,
+                value as u32,
+                (value + h.value.len()) as u32,
+            );
+        }
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            resp.headers.len(),
+        )
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Head("invalid status code"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(H1Error::UnaskedUpgrade);
+    }
+    if status.is_informational() {
+        buf.advance(len);
+        return Ok(Parsed::Interim);
+    }
+    if meta.bad_length {
+        return Err(H1Error::BadLength);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity((count + 4).max(RESPONSE_FIELDS));
+    for &(ns, ne, vs, ve) in &ranges[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| H1Error::Head("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| H1Error::Head("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let no_body =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = match (no_body, meta.chunked, meta.length) {
+        (true, _, _) => None,
+        (false, Some(true), _) => Some(Framing::Chunked),
+        (false, Some(false), _) => Some(Framing::Close),
+        (false, None, Some(0)) => None,
+        (false, None, Some(n)) => Some(Framing::Length(n)),
+        (false, None, None) => Some(Framing::Close),
+    };
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Both framings at once is how request smuggling starts: read this one answer by its
+    // transfer coding (RFC 9112 6.3) and do not reuse the connection.
+    let both = meta.chunked.is_some() && meta.length.is_some();
+    let keep_alive = !both
+        && !meta.close
+        && (version == Version::HTTP_11 || meta.keep_alive)
+        && framing != Some(Framing::Close);
+    Ok(Parsed::Head(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// Where a response body's decoding stands.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Bytes left of a `Content-Length` body.
+    Length(u64),
+    /// Before a chunk-size line.
+    ChunkSize,
+    /// Bytes left of a chunk's data.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// After the last chunk: trailer fields (dropped) up to the empty line.
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+/// A response body read straight from its connection. The connection is handed back by
+/// [`Body::reusable`] once the body has ended by its own framing.
+pub struct Body {
+    conn: Option<Conn>,
+    state: State,
+    keep_alive: bool,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("h1::Body")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body {
+    pub fn new(conn: Conn, head: &Head) -> Body {
+        let state = match head.framing {
+            None => State::Done,
+            Some(Framing::Length(n)) => State::Length(n),
+            Some(Framing::Chunked) => State::ChunkSize,
+            Some(Framing::Close) => State::UntilClose,
+        };
+        Body {
+            conn: Some(conn),
+            state,
+            keep_alive: head.keep_alive,
+        }
+    }
+
+    /// The connection, once the body has ended cleanly on a connection that may be reused.
+    pub fn reusable(&mut self) -> Option<Conn> {
+        if !matches!(self.state, State::Done) || !self.keep_alive {
+            return None;
+        }
+        self.conn.take().filter(|c| c.buf.is_empty())
+    }
+
+    fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.state = State::Done;
+        self.keep_alive = false;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        loop {
+            if matches!(this.state, State::Done) {
+                return Poll::Ready(None);
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.buf;
+            // Decode what is buffered; fall through to read more only when it is not enough.
+            match this.state {
+                State::Length(left) | State::ChunkData(left) if !buf.is_empty() => {
+                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    this.state = match this.state {
+                        State::Length(_) if left == 0 => State::Done,
+                        State::Length(_) => State::Length(left),
+                        _ if left == 0 => State::ChunkEnd,
+                        _ => State::ChunkData(left),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::UntilClose if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::ChunkSize if !buf.is_empty() => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        this.state = if size == 0 {
+                            State::Trailers
+                        } else {
+                            State::ChunkData(size)
+                        };
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {}
+                    _ => return this.fail(H1Error::BadChunk),
+                },
+                State::ChunkEnd if buf.len() >= 2 => {
+                    if &buf[..2] != b"\r\n" {
+                        return this.fail(H1Error::BadChunk);
+                    }
+                    buf.advance(2);
+                    this.state = State::ChunkSize;
+                    continue;
+                }
+                State::Trailers if buf.starts_with(b"\r\n") => {
+                    buf.advance(2);
+                    this.state = State::Done;
+                    return Poll::Ready(None);
+                }
+                State::Trailers if !buf.is_empty() => {
+                    let mut fields = [httparse::EMPTY_HEADER; 32];
+                    match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, _))) => {
+                            buf.advance(used);
+                            this.state = State::Done;
+                            return Poll::Ready(None);
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {}
+                        _ => return this.fail(H1Error::BadChunk),
+                    }
+                }
+                _ => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(this.state, State::UntilClose) => {
+                    this.state = State::Done;
+                    this.keep_alive = false;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(H1Error::Truncated),
+                Ok(_) => {}
+                Err(e) => return this.fail(H1Error::Io(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}

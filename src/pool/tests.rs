@@ -1,0 +1,304 @@
+//! The pool's body-less exchange against scripted upstreams on loopback: framing, reuse, the
+//! idle-close retry, and what is refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// What the scripted upstream does with one request.
+enum Act {
+    /// Writes these bytes, `step` bytes at a time with a pause between pieces (0: at once).
+    Write(Vec<u8>, usize),
+    /// Writes these bytes, then closes the connection.
+    WriteClose(Vec<u8>),
+    /// Closes the connection without answering.
+    Close,
+}
+
+struct Upstream {
+    addr: String,
+    accepts: Arc<AtomicUsize>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// A loopback upstream that reads request heads and acts on each with `script(n)`, `n`
+/// counting requests across all connections from 0.
+async fn upstream(script: impl Fn(usize) -> Act + Send + Sync + 'static) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let script = Arc::new(script);
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (a, h) = (accepts.clone(), heads.clone());
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let (script, requests, heads) = (script.clone(), requests.clone(), h.clone());
+            tokio::spawn(async move { serve(conn, &*script, &requests, &heads).await });
+        }
+    });
+    Upstream {
+        addr,
+        accepts,
+        heads,
+    }
+}
+
+async fn serve(
+    mut conn: TcpStream,
+    script: &(dyn Fn(usize) -> Act + Send + Sync),
+    requests: &AtomicUsize,
+    heads: &std::sync::Mutex<Vec<String>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head: Vec<u8> = buf.drain(..end).collect();
+        heads
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&head).into_owned());
+        match script(requests.fetch_add(1, Ordering::SeqCst)) {
+            Act::Write(bytes, 0) => conn.write_all(&bytes).await.unwrap(),
+            Act::Write(bytes, step) => {
+                for piece in bytes.chunks(step) {
+                    conn.write_all(piece).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            Act::WriteClose(bytes) => {
+                conn.write_all(&bytes).await.unwrap();
+                return;
+            }
+            Act::Close => return,
+        }
+    }
+}
+
+fn pool(up: &Upstream) -> Arc<Pool> {
+    Pool::new(Endpoint {
+        authority: up.addr.clone(),
+        transport: Transport::Plain,
+        connect_timeout: Duration::from_secs(2),
+    })
+}
+
+fn get(method: Method, path: &str) -> Request<ReqBody> {
+    let mut req = Request::new(ReqBody::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = path.parse().unwrap();
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("upstream.test"));
+    req
+}
+
+/// Status, headers and the whole body of one exchange.
+async fn fetch(
+    pool: &Arc<Pool>,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, http::HeaderMap, Vec<u8>), String> {
+    let resp = pool
+        .send(get(method, path))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?;
+    Ok((parts.status, parts.headers, body.to_bytes().to_vec()))
+}
+
+fn write(s: &str) -> Act {
+    Act::Write(s.as_bytes().to_vec(), 0)
+}
+
+#[tokio::test]
+async fn length_bodies_share_one_connection_and_the_head_goes_out_as_given() {
+    let up = upstream(|n| {
+        write(&format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-N: {n}\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nbody-{n}"
+        ))
+    })
+    .await;
+    let pool = pool(&up);
+    for n in 0..3 {
+        let (status, headers, body) = fetch(&pool, Method::GET, "/p?q=1").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("body-{n}").as_bytes());
+        assert_eq!(headers["x-n"], n.to_string().as_str());
+        let cookies: Vec<_> = headers.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+    }
+    assert_eq!(
+        up.accepts.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+    assert_eq!(
+        up.heads.lock().unwrap()[0],
+        "GET /p?q=1 HTTP/1.1\r\nhost: upstream.test\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_decoded_across_reads_and_trailers_dropped() {
+    let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;ext=\"x\"\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+    // Three bytes at a time: every boundary (size line, data, CRLF, trailers) gets split.
+    let up = upstream(move |_| Act::Write(answer.as_bytes().to_vec(), 3)).await;
+    let pool = pool(&up);
+    for _ in 0..2 {
+        let (_, headers, body) = fetch(&pool, Method::GET, "/").await.unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(headers[header::TRANSFER_ENCODING], "chunked");
+    }
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_body_until_close_ends_with_the_connection() {
+    let up =
+        upstream(|n| Act::WriteClose(format!("HTTP/1.1 200 OK\r\n\r\nuntil close {n}").into()))
+            .await;
+    let pool = pool(&up);
+    for n in 0..2 {
+        let (_, _, body) = fetch(&pool, Method::GET, "/").await.unwrap();
+        assert_eq!(body, format!("until close {n}").as_bytes());
+    }
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 2, "not reusable");
+}
+
+#[tokio::test]
+async fn head_204_304_and_interim_answers_carry_no_body() {
+    let up = upstream(|n| match n {
+        0 => write("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"),
+        1 => write("HTTP/1.1 204 No Content\r\n\r\n"),
+        2 => write("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"),
+        _ => write(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ),
+    })
+    .await;
+    let pool = pool(&up);
+    let (_, headers, body) = fetch(&pool, Method::HEAD, "/").await.unwrap();
+    assert!(body.is_empty());
+    assert_eq!(headers[header::CONTENT_LENGTH], "100");
+    let (status, _, body) = fetch(&pool, Method::GET, "/").await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
+    let (status, _, body) = fetch(&pool, Method::GET, "/").await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    let (status, headers, body) = fetch(&pool, Method::GET, "/").await.unwrap();
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"ok"[..]));
+    assert!(
+        headers.get(header::LINK).is_none(),
+        "the 103's fields stay with it"
+    );
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn close_and_double_framing_are_not_reused() {
+    let up = upstream(|n| match n {
+        0 => write("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na"),
+        1 => write(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nb\r\n0\r\n\r\n",
+        ),
+        2 => write("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nc"),
+        _ => write("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd"),
+    })
+    .await;
+    let pool = pool(&up);
+    for want in ["a", "b", "c", "d", "d"] {
+        let (_, _, body) = fetch(&pool, Method::GET, "/").await.unwrap();
+        assert_eq!(body, want.as_bytes());
+    }
+    // a, b and c each closed theirs; d's connection served the last two.
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn malformed_answers_are_errors() {
+    let cases: [(&str, &str); 5] = [
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nx",
+            "Content-Length",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "invalid response head",
+        ),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+            "switched protocols",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "chunked",
+        ),
+    ];
+    for (answer, want) in cases {
+        let up = upstream(move |_| write(answer)).await;
+        let err = fetch(&pool(&up), Method::GET, "/").await.unwrap_err();
+        assert!(err.contains(want), "{answer:?}: {err}");
+    }
+    let up =
+        upstream(|_| Act::WriteClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort".into()))
+            .await;
+    let err = fetch(&pool(&up), Method::GET, "/").await.unwrap_err();
+    assert!(err.contains("before the end of the body"), "{err}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_closed_by_the_upstream_is_not_used() {
+    let up = upstream(|n| {
+        Act::WriteClose(format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{n}").into())
+    })
+    .await;
+    let pool = pool(&up);
+    let (_, _, body) = fetch(&pool, Method::POST, "/").await.unwrap();
+    assert_eq!(body, b"0");
+    // The close reaches the event loop; the pooled connection is found closed and left.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_, _, body) = fetch(&pool, Method::POST, "/").await.unwrap();
+    assert_eq!(body, b"1");
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_unanswered_retries_only_idempotent_requests() {
+    // Every second request on a connection is dropped unanswered (the idle-close race).
+    let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let up = upstream(move |n| if n % 2 == 1 { Act::Close } else { write(ok) }).await;
+    let pool = pool(&up);
+    assert!(fetch(&pool, Method::GET, "/").await.is_ok());
+    // Request 1 is dropped on the reused connection; the GET goes again on a new one.
+    let (_, _, body) = fetch(&pool, Method::GET, "/").await.unwrap();
+    assert_eq!(body, b"ok");
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 2);
+    // Request 3 is dropped too, and a POST is not sent twice.
+    let err = fetch(&pool, Method::POST, "/").await.unwrap_err();
+    assert!(err.contains("without answering"), "{err}");
+    assert_eq!(up.heads.lock().unwrap().len(), 4);
+}

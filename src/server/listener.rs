@@ -3,11 +3,17 @@
 //! connection is watched by a `GracefulShutdown` so a drain can wait for in-flight requests.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,18 +21,22 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::ServerError;
+use crate::body::{BodyError, ResBody};
 use crate::config::{Limits, TlsConfig};
 use crate::netio::Flat;
 
 /// How long a client may take to finish a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request head (slowloris bound).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection on which a whole period passes without a request head arriving, a request
+/// open or a byte written is closed: an idle keep-alive client, or one trickling a head
+/// (slowloris), is let go after one to two periods. See [`watched`].
+pub const IDLE_PERIOD: Duration = Duration::from_secs(30);
 
 /// Builds the TLS acceptor for `tls`.
 pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ServerError> {
@@ -68,9 +78,12 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     // the stack; any explicit cap makes it allocate and fill two arrays of that many entries
     // on the heap for every request head (1000 cost ~5% of a proxied request). A head with
     // more fields gets hyper's bare 431; one too large in bytes still gets our problem+json.
+    // No hyper header-read timeout: hyper allocates, registers and cancels a timer for every
+    // request head (~3% of a proxied request's instructions); the connection's watchdog
+    // ([`watched`]) bounds slow heads and idle connections with one timer per period.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
         .max_buf_size(head_room);
     b.http2()
         .timer(TokioTimer::new())
@@ -79,20 +92,20 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts on `listener` until `shutdown` turns true, serving each connection with the
-/// service `make(peer, tls)` returns; then waits up to `drain` for open requests.
+/// service `make(peer, tls)` returns, closing those idle for `idle` ([`IDLE_PERIOD`] outside
+/// tests); then waits up to `drain` for open requests.
 pub async fn serve<M, S, F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    idle: Duration,
     make: M,
 ) where
     M: Fn(SocketAddr, bool) -> S,
     S: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<http::Response<crate::body::ResBody>, std::convert::Infallible>>
-        + Send
-        + 'static,
+    F: Future<Output = Result<http::Response<ResBody>, std::convert::Infallible>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     loop {
@@ -111,19 +124,34 @@ pub async fn serve<M, S, F>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = service_fn(make(peer, tls.is_some()));
+        let activity = Arc::new(Activity::default());
+        let inner = make(peer, tls.is_some());
+        let seen = activity.clone();
+        let service = service_fn(move |req: http::Request<Incoming>| {
+            if req.version() == http::Version::HTTP_2 {
+                seen.h2.store(true, Ordering::Relaxed);
+            }
+            let open = Open::start(&seen);
+            let answer = inner(req);
+            async move {
+                let answer = answer.await;
+                answer.map(|resp| resp.map(|body| Tracked { body, _open: open }))
+            }
+        });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let stream = Counted {
+                io: stream,
+                activity: activity.clone(),
+            };
             match tls {
                 None => {
                     let conn = builder
                         .serve_connection_with_upgrades(Flat::new(stream), service)
                         .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(target: "gatehouse::server", %peer, error = %e, "connection ended");
-                    }
+                    log_end(peer, watched(watcher.watch(conn), &activity, idle).await);
                 }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
@@ -142,9 +170,7 @@ pub async fn serve<M, S, F>(
                     let conn = builder
                         .serve_connection_with_upgrades(Flat::new(stream), service)
                         .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(target: "gatehouse::server", %peer, error = %e, "connection ended");
-                    }
+                    log_end(peer, watched(watcher.watch(conn), &activity, idle).await);
                 }
             }
         });
@@ -155,5 +181,304 @@ pub async fn serve<M, S, F>(
         .is_err()
     {
         tracing::warn!(target: "gatehouse::server", "drain timeout reached; closing remaining connections");
+    }
+}
+
+fn log_end<E: std::fmt::Display>(peer: SocketAddr, ended: Option<Result<(), E>>) {
+    match ended {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            tracing::debug!(target: "gatehouse::server", %peer, error = %e, "connection ended");
+        }
+        None => tracing::debug!(target: "gatehouse::server", %peer, "idle connection closed"),
+    }
+}
+
+/// What a connection's watchdog sees of it, updated by the service and the socket.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Request heads hyper has handed to the service.
+    heads: AtomicU64,
+    /// Requests not answered to the end yet: waiting on an upstream, or with a body still
+    /// streaming either way (a quiet event stream stays open however long it is quiet).
+    open: AtomicU64,
+    /// Successful writes to the client.
+    writes: AtomicU64,
+    /// An HTTP/2 request came: the connection is left alone, as before the watchdog (hyper's
+    /// header-read timeout, which it replaces, was HTTP/1 only).
+    h2: AtomicBool,
+}
+
+impl Activity {
+    fn progress(&self) -> (u64, u64) {
+        (
+            self.heads.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One request, counted from its head until its answer has been sent or dropped.
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn start(activity: &Arc<Activity>) -> Open {
+        activity.heads.fetch_add(1, Ordering::Relaxed);
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        Open(activity.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the connection `conn`; `None` when it was closed (dropped) because a whole `period`
+/// passed with no request head received, no request open and nothing written to the client:
+/// an idle keep-alive connection or a trickled head (slowloris) is let go after one to two
+/// periods, as hyper's header-read timeout (which this replaces) did after one. An open
+/// request (waiting on its upstream, or its body streaming either way) keeps the connection.
+/// One timer per connection, re-armed once a period, where hyper armed one per request.
+async fn watched<F: Future>(conn: F, activity: &Activity, period: Duration) -> Option<F::Output> {
+    let mut conn = pin!(conn);
+    let mut timer = pin!(tokio::time::sleep(period));
+    let mut last = activity.progress();
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        // The timer keeps the task's waker from its last poll: it needs polling only when
+        // (re)armed, not on every wake-up of the connection.
+        if armed && !timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        if armed {
+            let now = activity.progress();
+            if now == last
+                && activity.open.load(Ordering::Relaxed) == 0
+                && !activity.h2.load(Ordering::Relaxed)
+            {
+                return Poll::Ready(None);
+            }
+            last = now;
+            timer.as_mut().reset(tokio::time::Instant::now() + period);
+        }
+        armed = true;
+        if timer.as_mut().poll(cx).is_ready() {
+            // Only with a zero period; look again on the next wake-up.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A response body that keeps its request counted as open until it is sent or dropped.
+pub struct Tracked {
+    body: ResBody,
+    _open: Open,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client socket that counts its successful writes for the watchdog.
+struct Counted<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written
+            && n > 0
+        {
+            self.activity.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const PERIOD: Duration = Duration::from_millis(300);
+
+    /// A listener with the watchdog at PERIOD; every request is answered after `delay`.
+    async fn start(delay: Duration) -> (SocketAddr, watch::Sender<bool>) {
+        start_with(move || async move {
+            tokio::time::sleep(delay).await;
+            ResBody::full("ok".into())
+        })
+        .await
+    }
+
+    /// A listener with the watchdog at PERIOD answering 200 with the body `answer()` makes.
+    async fn start_with<A, Fut>(answer: A) -> (SocketAddr, watch::Sender<bool>)
+    where
+        A: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ResBody> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let limits = Limits {
+            max_header_bytes: 32 * 1024,
+            drain_timeout: Duration::from_secs(1),
+        };
+        tokio::spawn(serve(
+            listener,
+            None,
+            builder(&limits),
+            stopped,
+            Duration::from_secs(1),
+            PERIOD,
+            move |_peer, _tls| {
+                let answer = answer.clone();
+                move |_req| {
+                    let body = answer();
+                    async move { Ok(http::Response::new(body.await)) }
+                }
+            },
+        ));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection; what it sent and how long that took.
+    async fn until_closed(conn: &mut TcpStream) -> (String, Duration) {
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got)).await;
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            started.elapsed(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_trickled_head_is_cut_off_within_two_periods() {
+        let (addr, _stop) = start(Duration::ZERO).await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        // One more header byte every third of a period: progress on the socket, never a head.
+        let trickle = async {
+            for b in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+                tokio::time::sleep(PERIOD / 3).await;
+                if conn.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        trickle.await;
+        let (answer, _) = until_closed(&mut conn).await;
+        let elapsed = started.elapsed();
+        assert!(answer.is_empty(), "{answer}");
+        assert!(elapsed < PERIOD * 4, "closed after {elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_and_a_slow_answer_is_not() {
+        // Each answer takes three periods: the request is open all along.
+        let (addr, _stop) = start(PERIOD * 3).await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (answer, idle) = until_closed(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        // Three periods of waiting for the answer, then one or two of idling.
+        assert!(idle >= PERIOD * 3 + PERIOD, "closed after {idle:?}");
+        assert!(idle < PERIOD * 3 + PERIOD * 3, "closed after {idle:?}");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_streaming_answer_keeps_its_connection() {
+        // An upstream whose chunked body pauses for three periods between its two chunks.
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = upstream.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut conn, _) = upstream.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = conn.read(&mut head).await.unwrap();
+            conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(PERIOD * 3).await;
+            conn.write_all(b"4\r\nlast\r\n0\r\n\r\n").await.unwrap();
+            let _ = conn.read(&mut head).await;
+        });
+        let pool = crate::pool::Pool::new(crate::pool::Endpoint {
+            authority,
+            transport: crate::pool::Transport::Plain,
+            connect_timeout: Duration::from_secs(1),
+        });
+        let (addr, _stop) = start_with(move || {
+            let pool = pool.clone();
+            async move {
+                let mut req = http::Request::new(crate::body::ReqBody::empty());
+                *req.uri_mut() = http::Uri::from_static("/");
+                let resp = pool.send(req).await.unwrap();
+                ResBody::Upstream(resp.into_body())
+            }
+        })
+        .await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (answer, _) = until_closed(&mut conn).await;
+        assert!(answer.contains("first"), "{answer}");
+        assert!(answer.contains("last"), "{answer}");
     }
 }

@@ -127,6 +127,7 @@ impl Gateway {
             builder.clone(),
             stop_rx.clone(),
             drain,
+            listener::IDLE_PERIOD,
             move |peer, tls| {
                 let (shared, accounts, live) = (shared.clone(), accounts.clone(), live.clone());
                 let conn = dispatch::ConnInfo::new(peer, tls);
@@ -149,6 +150,7 @@ impl Gateway {
             builder,
             stop_rx,
             drain,
+            listener::IDLE_PERIOD,
             move |_peer, _tls| {
                 let (shared, accounts, live) = (shared.clone(), accounts.clone(), live.clone());
                 move |req| admin::handle(shared.clone(), accounts.clone(), live.clone(), req)

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, header};
+use http::{HeaderMap, Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -252,32 +252,39 @@ impl Pool {
         req: Request<ReqBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
         if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
-            return self.send_bodyless(req).await;
+            let (parts, _empty) = req.into_parts();
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            return self
+                .send_bodyless(&parts.method, target, &parts.headers)
+                .await;
         }
-        // Boxed: the bodyless path above is the common one, and this future (hyper's
-        // handshake, rustls state) would otherwise be part of, and copied with, every request's.
+        // Boxed: its future (hyper's handshake, rustls state) would otherwise be part of, and
+        // copied with, every body-less request's.
         Box::pin(self.send_hyper(req)).await
     }
 
-    async fn send_bodyless(
+    /// Sends a request without a body and not asking for an upgrade: `target` in origin form,
+    /// `headers` with `Host`. Borrowed, not a `Request`: the proxy path's future holds this
+    /// one's, and every value moved into it was another copy to carry and move along.
+    pub async fn send_bodyless(
         self: &Arc<Self>,
-        req: Request<ReqBody>,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let (parts, _empty) = req.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         while let Some(mut conn) = self.checkout_own() {
-            match conn.exchange(&parts.method, target, &parts.headers).await {
+            match conn.exchange(method, target, headers).await {
                 Ok(head) => return Ok(self.wrap_own(head, conn)),
                 // Closed while idle, before the request reached the upstream, most likely; the
                 // upstream may still have seen it, so only an idempotent request goes again.
-                Err(H1Error::Closed) if idempotent(&parts.method) => {}
+                Err(H1Error::Closed) if idempotent(method) => {}
                 Err(e) => return Err(PoolError::Exchange(e)),
             }
         }
         // Boxed for the same reason as in `send`: a new connection is rare.
         let stream = Box::pin(self.open()).await?;
         let mut conn = h1::Conn::new(stream);
-        let head = conn.exchange(&parts.method, target, &parts.headers).await?;
+        let head = conn.exchange(method, target, headers).await?;
         Ok(self.wrap_own(head, conn))
     }
 

@@ -55,6 +55,9 @@ pub enum H1Error {
     Io(#[from] io::Error),
     #[error("invalid response head from upstream: {0}")]
     Head(&'static str),
+    /// A request target with a space or control byte, which would split the request line.
+    #[error("request target is not valid on the wire")]
+    BadTarget,
     #[error("upstream response head exceeds {MAX_HEAD} bytes")]
     HeadTooLarge,
     #[error("upstream switched protocols on a request that asked for no upgrade")]
@@ -200,6 +203,11 @@ impl Conn {
         target: &str,
         headers: &HeaderMap,
     ) -> Result<Head, H1Error> {
+        // The target is a plain string here (the proxy path's comes from a URI hyper parsed);
+        // a space or control byte would let it split the request line, so it is checked.
+        if target.is_empty() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(H1Error::BadTarget);
+        }
         encode(&mut self.head, method, target, headers);
         // Sent when the event loop has polled every task it had ready, not at once: upstream
         // writes then leave in a cluster, as they did from hyper's connection tasks, and an
@@ -251,7 +259,7 @@ fn closed_or(e: io::Error) -> H1Error {
 }
 
 /// The request head in HTTP/1.1 wire form. Names and values come from `http` types, which
-/// admit no CR, LF or NUL, so nothing can be injected.
+/// admit no CR, LF or NUL, and the target was checked: nothing can be injected.
 fn encode(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());

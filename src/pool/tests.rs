@@ -302,3 +302,23 @@ async fn a_reused_connection_closed_unanswered_retries_only_idempotent_requests(
     assert!(err.contains("without answering"), "{err}");
     assert_eq!(up.heads.lock().unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn a_target_that_would_split_the_request_line_is_refused() {
+    let up = upstream(|_| write("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")).await;
+    let pool = pool(&up);
+    let headers = http::HeaderMap::new();
+    for target in ["/a b", "/a\r\nX-Injected: 1", ""] {
+        let err = pool
+            .send_bodyless(&Method::GET, target, &headers)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not valid"), "{target:?}: {err}");
+    }
+    assert!(
+        pool.send_bodyless(&Method::GET, "/a?b=c", &headers)
+            .await
+            .is_ok()
+    );
+    assert_eq!(up.heads.lock().unwrap().len(), 1, "nothing else was sent");
+}

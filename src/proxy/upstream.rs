@@ -102,8 +102,17 @@ pub async fn forward(
         let Some(these) = headers.take().or_else(|| spare.take()) else {
             return Err(ApiError::Internal("request headers already used".into()));
         };
-        let req = build(&out, these, body_for(&out))?;
-        let sent = tokio::time::timeout_at(deadline.into(), slot.pool.send(req)).await;
+        // Most requests carry no body: they go with borrowed parts, no `Request` (nor its URI
+        // parse) in between, and keep this future small; the rest is boxed.
+        let sent = if out.body_empty && !these.contains_key(http::header::UPGRADE) {
+            let exchange = slot
+                .pool
+                .send_bodyless(&out.method, &out.path_and_query, &these);
+            tokio::time::timeout_at(deadline.into(), exchange).await
+        } else {
+            let req = build(&out, these, body_for(&out))?;
+            tokio::time::timeout_at(deadline.into(), Box::pin(slot.pool.send(req))).await
+        };
         let err = match sent {
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(e)) => e,

@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -132,11 +133,12 @@ pub async fn serve<M, S, F>(
                 seen.h2.store(true, Ordering::Relaxed);
             }
             let open = Open::start(&seen);
-            let answer = inner(req);
-            async move {
-                let answer = answer.await;
+            // A combinator rather than an `async` block: the block would hold the answer's
+            // future twice (captured, then moved to be awaited), and hyper moves the whole
+            // request future into place once per request.
+            inner(req).map(move |answer| {
                 answer.map(|resp| resp.map(|body| Tracked { body, _open: open }))
-            }
+            })
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -134,11 +135,9 @@ impl Gateway {
                 move |req| {
                     let (shared, accounts, conn) = (shared.clone(), accounts.clone(), conn.clone());
                     let snapshot = live.load_full();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            dispatch::handle(shared, accounts, snapshot, conn, req).await,
-                        )
-                    }
+                    // `map`, not an `async` block holding the handler's future a second time.
+                    dispatch::handle(shared, accounts, snapshot, conn, req)
+                        .map(Ok::<_, std::convert::Infallible>)
                 }
             },
         );

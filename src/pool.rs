@@ -290,12 +290,6 @@ impl Pool {
 
     fn wrap_own(self: &Arc<Self>, head: h1::Head, conn: h1::Conn) -> Response<PooledBody> {
         let mut body = h1::Body::new(conn, &head);
-        let mut resp = Response::new(PooledBody {
-            inner: Inner::Own { body: None },
-        });
-        *resp.status_mut() = head.status;
-        *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
         let home = if http_body::Body::is_end_stream(&body) {
             if let Some(conn) = body.reusable() {
                 self.checkin_own(conn);
@@ -304,9 +298,12 @@ impl Pool {
         } else {
             Some(self.clone())
         };
-        resp.body_mut().inner = Inner::Own {
-            body: Some((body, home)),
-        };
+        let mut resp = Response::new(PooledBody {
+            inner: Inner::Own { body, home },
+        });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
         resp
     }
 
@@ -369,9 +366,9 @@ enum Inner {
         inner: Incoming,
         home: Option<(SendRequest<ReqBody>, Arc<Pool>)>,
     },
-    /// `None` only while the response is being put together.
     Own {
-        body: Option<(h1::Body, Option<Arc<Pool>>)>,
+        body: h1::Body,
+        home: Option<Arc<Pool>>,
     },
 }
 
@@ -406,10 +403,7 @@ impl Body for PooledBody {
                 }
                 polled.map_err(BodyError::Hyper)
             }
-            Inner::Own { body: None } => Poll::Ready(None),
-            Inner::Own {
-                body: Some((body, home)),
-            } => {
+            Inner::Own { body, home } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 if body.is_end_stream()
                     && let Some(pool) = home.take()
@@ -425,20 +419,14 @@ impl Body for PooledBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Hyper { inner, .. } => inner.is_end_stream(),
-            Inner::Own { body: None } => true,
-            Inner::Own {
-                body: Some((body, _)),
-            } => body.is_end_stream(),
+            Inner::Own { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Hyper { inner, .. } => inner.size_hint(),
-            Inner::Own { body: None } => SizeHint::with_exact(0),
-            Inner::Own {
-                body: Some((body, _)),
-            } => body.size_hint(),
+            Inner::Own { body, .. } => body.size_hint(),
         }
     }
 }

@@ -36,6 +36,7 @@ use crate::body::{BodyError, ReqBody};
 use crate::netio::Flat;
 pub use h1::H1Error;
 use h1::Stream;
+use tokio_util::either::Either;
 
 /// Idle connections older than this are not reused: upstreams close idle keep-alive
 /// connections after their own timeout (nginx: 75 s), and reusing one at that moment races.
@@ -120,6 +121,12 @@ async fn handshake(io: Stream) -> Result<SendRequest<ReqBody>, hyper::Error> {
     let (sender, conn) = http1::Builder::new().handshake(Flat::new(io)).await?;
     tokio::spawn(conn.with_upgrades());
     Ok(sender)
+}
+
+/// Whether a request goes over the gateway's own exchange ([`Pool::send_bodyless`]): no body,
+/// no upgrade (a `101` hands the connection over, which only hyper's connection does).
+pub fn bodyless(body_empty: bool, headers: &HeaderMap) -> bool {
+    body_empty && !headers.contains_key(header::UPGRADE)
 }
 
 /// Methods whose request may be sent twice (RFC 9110 9.2.2).
@@ -226,14 +233,14 @@ impl Pool {
         };
         let _ = tcp.set_nodelay(true);
         match &ep.transport {
-            Transport::Plain | Transport::Broken(_) => Ok(Stream::Plain(tcp)),
+            Transport::Plain | Transport::Broken(_) => Ok(Either::Left(tcp)),
             Transport::Tls(connector, name) => {
                 let tls =
                     tokio::time::timeout(ep.connect_timeout, connector.connect(name.clone(), tcp))
                         .await
                         .map_err(|_| fail("TLS handshake timed out".into()))?
                         .map_err(|e| fail(format!("TLS: {e}")))?;
-                Ok(Stream::Tls(Box::new(tls)))
+                Ok(Either::Right(Box::new(tls)))
             }
         }
     }
@@ -251,7 +258,7 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<ReqBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
+        if bodyless(req.body().is_end_stream(), req.headers()) {
             let (parts, _empty) = req.into_parts();
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             return self

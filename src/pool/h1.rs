@@ -25,8 +25,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// Largest response head accepted (hyper's client allows ~400 KiB of buffer; heads near this
 /// size are an upstream bug, not a use).
@@ -71,50 +72,7 @@ pub enum H1Error {
 }
 
 /// A connection's byte stream: TCP, or TLS over TCP for `https` targets.
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+pub type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// One keep-alive connection to an upstream, between exchanges or inside one.
 pub struct Conn {
@@ -475,9 +433,9 @@ impl Body {
         self.conn.take().filter(|c| c.buf.is_empty())
     }
 
+    /// Ends the body with `e`; the connection, in an unknown state, is closed.
     fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         self.state = State::Done;
-        self.keep_alive = false;
         self.conn = None;
         Poll::Ready(Some(Err(e)))
     }
@@ -561,7 +519,6 @@ impl http_body::Body for Body {
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) if matches!(this.state, State::UntilClose) => {
                     this.state = State::Done;
-                    this.keep_alive = false;
                     this.conn = None;
                     return Poll::Ready(None);
                 }

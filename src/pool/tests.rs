@@ -102,7 +102,7 @@ fn pool(up: &Upstream) -> Arc<Pool> {
     })
 }
 
-fn get(method: Method, path: &str) -> Request<ReqBody> {
+fn request(method: Method, path: &str) -> Request<ReqBody> {
     let mut req = Request::new(ReqBody::empty());
     *req.method_mut() = method;
     *req.uri_mut() = path.parse().unwrap();
@@ -118,7 +118,7 @@ async fn fetch(
     path: &str,
 ) -> Result<(StatusCode, http::HeaderMap, Vec<u8>), String> {
     let resp = pool
-        .send(get(method, path))
+        .send(request(method, path))
         .await
         .map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();

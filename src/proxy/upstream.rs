@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 
 use crate::body::{BodySlot, ReqBody, is_body_too_large};
 use crate::metrics::{RouteMetrics, UpstreamErrorKind};
-use crate::pool::{PoolError, PooledBody};
+use crate::pool::{self, PoolError, PooledBody};
 use crate::problem::ApiError;
 use crate::state::{Shared, UpstreamSet};
 
@@ -104,7 +104,7 @@ pub async fn forward(
         };
         // Most requests carry no body: they go with borrowed parts, no `Request` (nor its URI
         // parse) in between, and keep this future small; the rest is boxed.
-        let sent = if out.body_empty && !these.contains_key(http::header::UPGRADE) {
+        let sent = if pool::bodyless(out.body_empty, &these) {
             let exchange = slot
                 .pool
                 .send_bodyless(&out.method, &out.path_and_query, &these);

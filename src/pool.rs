@@ -16,6 +16,7 @@
 //! method is idempotent (RFC 9110 9.2.2), as browsers and Go's client do. Connection failures
 //! are reported as [`PoolError::Connect`] so the caller can fail over to another target.
 
+mod batch;
 mod h1;
 
 use std::pin::Pin;

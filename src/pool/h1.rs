@@ -19,6 +19,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -27,7 +28,10 @@ use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::either::Either;
+
+use super::batch::Wire;
 
 /// Largest response head accepted (hyper's client allows ~400 KiB of buffer; heads near this
 /// size are an upstream bug, not a use).
@@ -76,13 +80,27 @@ pub type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStrea
 
 /// One keep-alive connection to an upstream, between exchanges or inside one.
 pub struct Conn {
-    io: Stream,
+    io: Io,
     /// Bytes read and not yet consumed: the rest of a response, never the next one's start
     /// (a connection with leftovers after its body's end is not reused).
     buf: BytesMut,
     read_size: usize,
-    /// The encoded request head, kept for its capacity.
-    head: Vec<u8>,
+}
+
+enum Io {
+    /// Heads go out in the turn's burst ([`super::batch`]) through the shared write side.
+    Tcp(OwnedReadHalf, Arc<Wire>),
+    /// Written by the request's task; the encoded head is kept for its capacity.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, Vec<u8>),
+}
+
+impl Io {
+    fn reader(&mut self) -> Pin<&mut (dyn AsyncRead + Send + Unpin)> {
+        match self {
+            Io::Tcp(read, _) => Pin::new(read),
+            Io::Tls(tls, _) => Pin::new(&mut **tls),
+        }
+    }
 }
 
 /// How the response body is delimited.
@@ -105,11 +123,17 @@ pub struct Head {
 
 impl Conn {
     pub fn new(io: Stream) -> Conn {
+        let io = match io {
+            Either::Left(tcp) => {
+                let (read, write) = tcp.into_split();
+                Io::Tcp(read, Wire::new(write))
+            }
+            Either::Right(tls) => Io::Tls(tls, Vec::new()),
+        };
         Conn {
             io,
             buf: BytesMut::new(),
             read_size: FIRST_READ,
-            head: Vec::new(),
         }
     }
 
@@ -123,9 +147,7 @@ impl Conn {
         let mut cx = Context::from_waker(Waker::noop());
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
-        Pin::new(&mut self.io)
-            .poll_read(&mut cx, &mut probe)
-            .is_pending()
+        self.io.reader().poll_read(&mut cx, &mut probe).is_pending()
     }
 
     /// Gets the connection ready to wait in the pool: a buffer grown by a large body is let go.
@@ -143,7 +165,7 @@ impl Conn {
         }
         let room = self.buf.capacity() - self.buf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
+            self.io.reader(),
             cx,
             &mut self.buf
         ))?;
@@ -166,19 +188,30 @@ impl Conn {
         if target.is_empty() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Err(H1Error::BadTarget);
         }
-        encode(&mut self.head, method, target, headers);
-        // Sent when the event loop has polled every task it had ready, not at once: upstream
-        // writes then leave in a cluster, as they did from hyper's connection tasks, and an
-        // upstream on the same core (a sidecar, the benchmark rig) reads a batch per wake-up
-        // instead of being woken, and preempting the gateway, per request (measured: 0.54
-        // context switches per request written at once, 0.38 clustered, as before).
-        tokio::task::yield_now().await;
-        let sent = async {
-            self.io.write_all(&self.head).await?;
-            self.io.flush().await
-        };
-        if let Err(e) = sent.await {
-            return Err(closed_or(e));
+        match &mut self.io {
+            Io::Tcp(_, wire) => {
+                let leader = wire.queue(|out| encode(out, method, target, headers));
+                if let Some(leader) = leader {
+                    // The burst leaves once the event loop has polled every task it had
+                    // ready, so it carries the heads of all of them (written at once instead,
+                    // a same-core upstream was woken 0.54 times per request, 0.38 clustered).
+                    tokio::task::yield_now().await;
+                    leader.flush();
+                }
+            }
+            Io::Tls(tls, head) => {
+                encode(head, method, target, headers);
+                // Deferred like a burst, though written by this task alone: TLS writes go
+                // through the session state this task owns.
+                tokio::task::yield_now().await;
+                let sent = async {
+                    tls.write_all(head).await?;
+                    tls.flush().await
+                };
+                if let Err(e) = sent.await {
+                    return Err(closed_or(e));
+                }
+            }
         }
         let head_request = method == Method::HEAD;
         let mut received = false;
@@ -194,7 +227,22 @@ impl Conn {
                     Parsed::Partial => {}
                 }
             }
-            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+            let filled = std::future::poll_fn(|cx| {
+                if let Io::Tcp(_, wire) = &self.io
+                    && wire.handed_back(cx)
+                {
+                    return Poll::Ready(None);
+                }
+                self.poll_fill(cx).map(Some)
+            })
+            .await;
+            let Some(filled) = filled else {
+                if let Io::Tcp(_, wire) = &self.io {
+                    wire.finish().await.map_err(closed_or)?;
+                }
+                continue;
+            };
+            match filled {
                 Ok(0) if !received => return Err(H1Error::Closed),
                 Ok(0) => return Err(H1Error::Head("connection closed inside the head")),
                 Ok(_) => {}

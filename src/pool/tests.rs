@@ -62,11 +62,14 @@ async fn serve(
 ) {
     let mut buf = Vec::new();
     loop {
+        // Searched from where the last search stopped: heads of megabytes arrive too.
+        let mut searched = 0;
         let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
+            if let Some(i) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+                break searched + i + 4;
             }
-            let mut chunk = [0u8; 4096];
+            searched = buf.len().saturating_sub(3);
+            let mut chunk = [0u8; 65536];
             match conn.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -321,4 +324,170 @@ async fn a_target_that_would_split_the_request_line_is_refused() {
             .is_ok()
     );
     assert_eq!(up.heads.lock().unwrap().len(), 1, "nothing else was sent");
+}
+
+/// Connected loopback pairs: our write sides as wires, the upstream ends as plain streams.
+async fn wires(n: usize) -> Vec<(Arc<batch::Wire>, tokio::net::tcp::OwnedReadHalf, TcpStream)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let ours = TcpStream::connect(addr).await.unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        let (read, write) = ours.into_split();
+        out.push((batch::Wire::new(write), read, theirs));
+    }
+    out
+}
+
+/// What arrived on `peer` so far, without waiting for more.
+async fn arrived(peer: &mut TcpStream) -> Vec<u8> {
+    // Loopback delivers within the writing call; the pause only lets the runtime see it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut got = vec![0u8; 1024];
+    match peer.try_read(&mut got) {
+        Ok(n) => got.truncate(n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => got.clear(),
+        Err(e) => panic!("{e}"),
+    }
+    got
+}
+
+#[tokio::test]
+async fn heads_queued_in_one_turn_leave_together_when_the_leader_flushes() {
+    let mut pairs = wires(4).await;
+    let leaders: Vec<_> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (wire, _, _))| {
+            wire.queue(|out| out.extend_from_slice(format!("head {i}").as_bytes()))
+        })
+        .collect();
+    assert!(leaders[0].is_some(), "the first queued leads");
+    assert!(leaders[1..].iter().all(Option::is_none));
+    for (_, _, peer) in &mut pairs {
+        assert!(
+            arrived(peer).await.is_empty(),
+            "nothing written before the flush"
+        );
+    }
+    leaders.into_iter().flatten().for_each(batch::Leader::flush);
+    for (i, (_, _, peer)) in pairs.iter_mut().enumerate() {
+        assert_eq!(arrived(peer).await, format!("head {i}").as_bytes());
+    }
+    // The next head starts a new batch with its own leader.
+    let again = pairs[2].0.queue(|out| out.extend_from_slice(b"again"));
+    again.expect("a new leader").flush();
+    assert_eq!(arrived(&mut pairs[2].2).await, b"again");
+}
+
+#[tokio::test]
+async fn a_dropped_leader_flushes_the_others_and_abandoned_heads_are_not_sent() {
+    let mut pairs = wires(3).await;
+    let leader = pairs[0].0.queue(|out| out.extend_from_slice(b"led"));
+    assert!(
+        pairs[1]
+            .0
+            .queue(|out| out.extend_from_slice(b"kept"))
+            .is_none()
+    );
+    assert!(
+        pairs[2]
+            .0
+            .queue(|out| out.extend_from_slice(b"abandoned"))
+            .is_none()
+    );
+    // The third request goes away (its connection with it) before the burst, then the
+    // leading one (cancelled while its connection lives on, as inside an exchange).
+    let (abandoned, read, mut peer) = pairs.pop().unwrap();
+    drop((abandoned, read));
+    drop(leader);
+    assert!(
+        arrived(&mut pairs[0].2).await.is_empty(),
+        "the leader's own"
+    );
+    assert_eq!(arrived(&mut pairs[1].2).await, b"kept");
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).await.unwrap();
+    assert!(
+        rest.is_empty(),
+        "sent for a request nobody waits for: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_head_larger_than_the_socket_buffer_is_finished_by_its_task() {
+    let up = upstream(|_| write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+    let pool = pool(&up);
+    // Far beyond what a loopback socket takes in one write: the burst hands the rest back.
+    let big = "x".repeat(16 << 20);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-big", HeaderValue::from_str(&big).unwrap());
+    for _ in 0..2 {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(20),
+            pool.send_bodyless(&Method::GET, "/", &headers),
+        )
+        .await
+        .expect("answered")
+        .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+    let heads = up.heads.lock().unwrap();
+    assert_eq!(heads.len(), 2);
+    assert!(heads.iter().all(|h| h.len() > 16 << 20 && h.contains(&big)));
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_request_cancelled_before_the_burst_is_never_sent() {
+    let up = upstream(|_| write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+    let pool = pool(&up);
+    assert!(fetch(&pool, Method::DELETE, "/warm").await.is_ok());
+    let headers = http::HeaderMap::new();
+    {
+        // Polled once: queued on the pooled connection and waiting for the burst; then the
+        // client goes away.
+        let mut send = std::pin::pin!(pool.send_bodyless(&Method::DELETE, "/cancelled", &headers));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+        assert!(polled.is_pending());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(fetch(&pool, Method::DELETE, "/after").await.is_ok());
+    let heads = up.heads.lock().unwrap();
+    let lines: Vec<_> = heads.iter().map(|h| h.lines().next().unwrap()).collect();
+    assert_eq!(lines, ["DELETE /warm HTTP/1.1", "DELETE /after HTTP/1.1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_on_a_multi_thread_runtime_all_complete() {
+    let up = upstream(|n| {
+        write(&format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{n}",
+            n.to_string().len()
+        ))
+    })
+    .await;
+    let pool = pool(&up);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    let (status, _, _) = fetch(&pool, Method::GET, "/").await.unwrap();
+                    assert_eq!(status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await
+    .expect("no request left waiting");
+    assert_eq!(up.heads.lock().unwrap().len(), 32 * 50);
+    assert!(up.accepts.load(Ordering::SeqCst) <= 32);
 }

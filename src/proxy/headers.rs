@@ -73,15 +73,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         // `keep-alive` and `close`, nearly every upstream's whole `Connection` value, need no
         // lookup: neither names a header the peer may send besides `Keep-Alive`, which is
         // in HOP_BY_HOP. (Nothing is allocated unless another name is listed.)
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if !token.eq_ignore_ascii_case(b"keep-alive")
+                    && !token.eq_ignore_ascii_case(b"close")
+                    && let Ok(name) = HeaderName::from_bytes(token)
+                {
+                    named.push(name);
+                }
+            }
+        }
         for name in named {
             headers.remove(&name);
         }

@@ -56,6 +56,9 @@ pub enum PoolError {
     /// A body-less exchange failed on an established connection.
     #[error(transparent)]
     Exchange(#[from] H1Error),
+    /// No answer by the deadline given to [`Pool::send_bodyless`].
+    #[error("upstream did not answer in time")]
+    TimedOut,
 }
 
 impl PoolError {
@@ -263,7 +266,7 @@ impl Pool {
             let (parts, _empty) = req.into_parts();
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             return self
-                .send_bodyless(&parts.method, target, &parts.headers)
+                .send_bodyless(&parts.method, target, &parts.headers, None)
                 .await;
         }
         // Boxed: its future (hyper's handshake, rustls state) would otherwise be part of, and
@@ -272,27 +275,44 @@ impl Pool {
     }
 
     /// Sends a request without a body and not asking for an upgrade: `target` in origin form,
-    /// `headers` with `Host`. Borrowed, not a `Request`: the proxy path's future holds this
-    /// one's, and every value moved into it was another copy to carry and move along.
+    /// `headers` with `Host`; [`PoolError::TimedOut`] when the answer's head has not come by
+    /// `deadline` (connecting included). Borrowed, not a `Request`: the proxy path's future
+    /// holds this one's, and every value moved into it was another copy to carry and move
+    /// along.
     pub async fn send_bodyless(
         self: &Arc<Self>,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        let exchange_err = |e| match e {
+            H1Error::TimedOut => PoolError::TimedOut,
+            e => PoolError::Exchange(e),
+        };
         while let Some(mut conn) = self.checkout_own() {
-            match conn.exchange(method, target, headers).await {
+            match conn.exchange(method, target, headers, deadline).await {
                 Ok(head) => return Ok(self.wrap_own(head, conn)),
                 // Closed while idle, before the request reached the upstream, most likely; the
                 // upstream may still have seen it, so only an idempotent request goes again.
                 Err(H1Error::Closed) if idempotent(method) => {}
-                Err(e) => return Err(PoolError::Exchange(e)),
+                Err(e) => return Err(exchange_err(e)),
             }
         }
-        // Boxed for the same reason as in `send`: a new connection is rare.
-        let stream = Box::pin(self.open()).await?;
+        // Boxed for the same reason as in `send`: a new connection is rare. Its wait for the
+        // deadline is an ordinary timer for the same reason.
+        let open = Box::pin(self.open());
+        let stream = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, open)
+                .await
+                .map_err(|_elapsed| PoolError::TimedOut)??,
+            None => open.await?,
+        };
         let mut conn = h1::Conn::new(stream);
-        let head = conn.exchange(method, target, headers).await?;
+        let head = conn
+            .exchange(method, target, headers, deadline)
+            .await
+            .map_err(exchange_err)?;
         Ok(self.wrap_own(head, conn))
     }
 

@@ -22,6 +22,10 @@ enum Act {
     WriteClose(Vec<u8>),
     /// Closes the connection without answering.
     Close,
+    /// Writes these bytes after a pause.
+    After(Duration, Vec<u8>),
+    /// Keeps the connection open and never answers.
+    Silent,
 }
 
 struct Upstream {
@@ -93,6 +97,14 @@ async fn serve(
                 return;
             }
             Act::Close => return,
+            Act::After(pause, bytes) => {
+                tokio::time::sleep(pause).await;
+                conn.write_all(&bytes).await.unwrap();
+            }
+            Act::Silent => {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                return;
+            }
         }
     }
 }
@@ -313,13 +325,13 @@ async fn a_target_that_would_split_the_request_line_is_refused() {
     let headers = http::HeaderMap::new();
     for target in ["/a b", "/a\r\nX-Injected: 1", ""] {
         let err = pool
-            .send_bodyless(&Method::GET, target, &headers)
+            .send_bodyless(&Method::GET, target, &headers, None)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not valid"), "{target:?}: {err}");
     }
     assert!(
-        pool.send_bodyless(&Method::GET, "/a?b=c", &headers)
+        pool.send_bodyless(&Method::GET, "/a?b=c", &headers, None)
             .await
             .is_ok()
     );
@@ -426,7 +438,7 @@ async fn a_head_larger_than_the_socket_buffer_is_finished_by_its_task() {
     for _ in 0..2 {
         let resp = tokio::time::timeout(
             Duration::from_secs(20),
-            pool.send_bodyless(&Method::GET, "/", &headers),
+            pool.send_bodyless(&Method::GET, "/", &headers, None),
         )
         .await
         .expect("answered")
@@ -449,7 +461,8 @@ async fn a_request_cancelled_before_the_burst_is_never_sent() {
     {
         // Polled once: queued on the pooled connection and waiting for the burst; then the
         // client goes away.
-        let mut send = std::pin::pin!(pool.send_bodyless(&Method::DELETE, "/cancelled", &headers));
+        let mut send =
+            std::pin::pin!(pool.send_bodyless(&Method::DELETE, "/cancelled", &headers, None));
         let polled = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
         assert!(polled.is_pending());
     }
@@ -490,4 +503,64 @@ async fn concurrent_requests_on_a_multi_thread_runtime_all_complete() {
     .expect("no request left waiting");
     assert_eq!(up.heads.lock().unwrap().len(), 32 * 50);
     assert!(up.accepts.load(Ordering::SeqCst) <= 32);
+}
+
+/// One body-less request with a deadline `within` from now: its status, or the error.
+async fn within(pool: &Arc<Pool>, within: Duration) -> Result<StatusCode, PoolError> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(header::HOST, HeaderValue::from_static("upstream.test"));
+    let deadline = tokio::time::Instant::now() + within;
+    let resp = pool
+        .send_bodyless(&Method::GET, "/", &headers, Some(deadline))
+        .await?;
+    let status = resp.status();
+    resp.into_body().collect().await.unwrap();
+    Ok(status)
+}
+
+#[tokio::test]
+async fn each_request_on_a_reused_connection_gets_its_own_deadline() {
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+    let up = upstream(move |n| match n {
+        // Answered after the first request's deadline, within its own.
+        1 => Act::After(Duration::from_millis(600), ok.clone()),
+        3 => Act::Silent,
+        _ => Act::Write(ok.clone(), 0),
+    })
+    .await;
+    let pool = pool(&up);
+    // The connection's timer starts with a short deadline...
+    assert_eq!(
+        within(&pool, Duration::from_millis(300)).await.unwrap(),
+        StatusCode::OK
+    );
+    // ...which a later, longer one replaces: not cut at the first request's deadline.
+    assert_eq!(
+        within(&pool, Duration::from_secs(5)).await.unwrap(),
+        StatusCode::OK
+    );
+    // A long deadline, then a short one on the same connection: the short one holds.
+    assert_eq!(
+        within(&pool, Duration::from_secs(30)).await.unwrap(),
+        StatusCode::OK
+    );
+    let started = std::time::Instant::now();
+    let err = within(&pool, Duration::from_millis(300)).await.unwrap_err();
+    assert!(matches!(err, PoolError::TimedOut), "{err}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(
+        up.accepts.load(Ordering::SeqCst),
+        1,
+        "all on one connection"
+    );
+    // The timed-out connection is not reused.
+    assert_eq!(
+        within(&pool, Duration::from_secs(5)).await.unwrap(),
+        StatusCode::OK
+    );
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 2);
 }

@@ -7,7 +7,7 @@
 //! long as it takes.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 
@@ -89,7 +89,7 @@ pub async fn forward(
     metrics: &RouteMetrics,
     mut out: Outgoing,
 ) -> Result<Response<PooledBody>, ApiError> {
-    let deadline = Instant::now() + set.timeout;
+    let deadline = tokio::time::Instant::now() + set.timeout;
     let mut tried: Option<usize> = None;
     // Only a route with a second target can need the headers twice.
     let mut spare = (set.targets.len() > 1).then(|| out.headers.clone());
@@ -105,21 +105,23 @@ pub async fn forward(
         // Most requests carry no body: they go with borrowed parts, no `Request` (nor its URI
         // parse) in between, and keep this future small; the rest is boxed.
         let sent = if pool::bodyless(out.body_empty, &these) {
-            let exchange = slot
-                .pool
-                .send_bodyless(&out.method, &out.path_and_query, &these);
-            tokio::time::timeout_at(deadline.into(), exchange).await
+            // The pool keeps the deadline itself: one timer per connection, not per request.
+            slot.pool
+                .send_bodyless(&out.method, &out.path_and_query, &these, Some(deadline))
+                .await
         } else {
             let req = build(&out, these, body_for(&out))?;
-            tokio::time::timeout_at(deadline.into(), Box::pin(slot.pool.send(req))).await
+            tokio::time::timeout_at(deadline, Box::pin(slot.pool.send(req)))
+                .await
+                .unwrap_or(Err(PoolError::TimedOut))
         };
         let err = match sent {
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(e)) => e,
-            Err(_elapsed) => {
+            Ok(resp) => return Ok(resp),
+            Err(PoolError::TimedOut) => {
                 metrics.upstream_error(UpstreamErrorKind::timeout);
                 return Err(ApiError::UpstreamTimeout(set.timeout));
             }
+            Err(e) => e,
         };
         if let PoolError::Request(e) = &err
             && let Some(limit) = is_body_too_large(e)

@@ -93,7 +93,9 @@ pub struct Conn {
     /// dropped per request (`tokio::time::timeout`) was inserted into and removed from the
     /// runtime's timer wheel each time (~700 instructions per proxied request, callgrind);
     /// moving a registered timer's deadline later, as each next request does, only updates
-    /// it, and the wheel re-files it when the old deadline comes.
+    /// it, and the wheel re-files it when the old deadline comes. Left armed between
+    /// requests, it wakes the last request's task once at that deadline if no request
+    /// moved it (a spurious poll of that client connection, or nothing if it is gone).
     timer: Option<Pin<Box<Sleep>>>,
 }
 

@@ -64,7 +64,7 @@ impl Wire {
     }
 
     /// Encodes a head with `encode` and queues it for this turn's burst. The returned leader,
-    /// if any, must be flushed after a yield (or is flushed when dropped).
+    /// if any, must be flushed after a yield (dropped unflushed, it sends the others' heads).
     pub fn queue(self: &Arc<Self>, encode: impl FnOnce(&mut Vec<u8>)) -> Option<Leader> {
         {
             let mut p = self.lock();
@@ -185,7 +185,8 @@ impl Batch {
     fn flush(&self) {
         let mut wires = std::mem::take(&mut *self.lock());
         for wire in wires.drain(..) {
-            // Only the batch holds it: the request was dropped, nobody waits for an answer.
+            // No longer queued (its leader was cancelled) or held by the batch alone (its
+            // request was dropped): nobody waits for an answer.
             if wire.stage.load(Ordering::Acquire) == QUEUED && Arc::strong_count(&wire) > 1 {
                 wire.write_queued();
             }

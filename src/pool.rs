@@ -55,10 +55,20 @@ pub enum PoolError {
     Request(hyper::Error),
     /// A body-less exchange failed on an established connection.
     #[error(transparent)]
-    Exchange(#[from] H1Error),
+    Exchange(H1Error),
     /// No answer by the deadline given to [`Pool::send_bodyless`].
     #[error("upstream did not answer in time")]
     TimedOut,
+}
+
+impl From<H1Error> for PoolError {
+    /// A timed-out exchange is the pool's timeout, whichever way it was reached.
+    fn from(e: H1Error) -> PoolError {
+        match e {
+            H1Error::TimedOut => PoolError::TimedOut,
+            e => PoolError::Exchange(e),
+        }
+    }
 }
 
 impl PoolError {
@@ -286,17 +296,13 @@ impl Pool {
         headers: &HeaderMap,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let exchange_err = |e| match e {
-            H1Error::TimedOut => PoolError::TimedOut,
-            e => PoolError::Exchange(e),
-        };
         while let Some(mut conn) = self.checkout_own() {
             match conn.exchange(method, target, headers, deadline).await {
                 Ok(head) => return Ok(self.wrap_own(head, conn)),
                 // Closed while idle, before the request reached the upstream, most likely; the
                 // upstream may still have seen it, so only an idempotent request goes again.
                 Err(H1Error::Closed) if idempotent(method) => {}
-                Err(e) => return Err(exchange_err(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         // Boxed for the same reason as in `send`: a new connection is rare. Its wait for the
@@ -309,10 +315,7 @@ impl Pool {
             None => open.await?,
         };
         let mut conn = h1::Conn::new(stream);
-        let head = conn
-            .exchange(method, target, headers, deadline)
-            .await
-            .map_err(exchange_err)?;
+        let head = conn.exchange(method, target, headers, deadline).await?;
         Ok(self.wrap_own(head, conn))
     }
 

@@ -5,9 +5,9 @@
 //! task, the response head parsed into a HeaderMap and the body handed over a channel), while
 //! a body-less request, the bulk of a gateway's traffic, needs none of that: its head goes out
 //! in one write and the answer is read back by the task that waits for it. Here the request's
-//! task encodes the head into the connection's buffer, sends it, parses the answer with
-//! httparse (hyper's own parser) and the response body is read from the socket by the body's
-//! own poll. Requests with a body (the answer may come while the body is still being sent) and
+//! task encodes the head (written with the other heads of the event-loop turn, see
+//! [`super::batch`]), parses the answer with httparse (hyper's own parser) and the response
+//! body is read from the socket by the body's own poll. Requests with a body (the answer may come while the body is still being sent) and
 //! upgrades stay on hyper's connection (`super::Pool`).
 //!
 //! Framing follows RFC 9112 section 6.3: no body for `HEAD`, 1xx, 204 and 304; chunked when

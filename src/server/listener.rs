@@ -199,12 +199,11 @@ fn log_end<E: std::fmt::Display>(peer: SocketAddr, ended: Option<Result<(), E>>)
 /// What a connection's watchdog sees of it, updated by the service and the socket.
 #[derive(Debug, Default)]
 struct Activity {
-    /// Request heads hyper has handed to the service.
-    heads: AtomicU64,
     /// Requests not answered to the end yet: waiting on an upstream, or with a body still
     /// streaming either way (a quiet event stream stays open however long it is quiet).
     open: AtomicU64,
-    /// Successful writes to the client.
+    /// Successful writes to the client (every request answered writes, so a request that came
+    /// and went within a period shows here).
     writes: AtomicU64,
     /// An HTTP/2 request came: the connection is left alone, as before the watchdog (hyper's
     /// header-read timeout, which it replaces, was HTTP/1 only).
@@ -212,11 +211,8 @@ struct Activity {
 }
 
 impl Activity {
-    fn progress(&self) -> (u64, u64) {
-        (
-            self.heads.load(Ordering::Relaxed),
-            self.writes.load(Ordering::Relaxed),
-        )
+    fn progress(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 }
 
@@ -225,7 +221,6 @@ struct Open(Arc<Activity>);
 
 impl Open {
     fn start(activity: &Arc<Activity>) -> Open {
-        activity.heads.fetch_add(1, Ordering::Relaxed);
         activity.open.fetch_add(1, Ordering::Relaxed);
         Open(activity.clone())
     }

@@ -77,8 +77,46 @@ impl Body for ResBody {
     }
 }
 
+/// A client's request body: hyper's for the connections hyper serves, nothing for the
+/// body-less requests the gateway's own HTTP/1.1 loop reads (`server::h1`), which hands a
+/// connection to hyper when a request carries a body.
+#[derive(Debug)]
+pub enum InBody {
+    Empty,
+    Hyper(Incoming),
+}
+
+impl Body for InBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            InBody::Empty => Poll::Ready(None),
+            InBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            InBody::Empty => true,
+            InBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            InBody::Empty => SizeHint::with_exact(0),
+            InBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Where a not-yet-read client body waits, so a failed connect can give it back.
-pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
+pub type BodySlot = Arc<Mutex<Option<InBody>>>;
 
 /// The request body sent upstream: the client's body, taken from its slot on the first poll,
 /// counted against an optional limit.
@@ -87,7 +125,7 @@ pub struct ReqBody {
     /// A whole body made by the gateway itself (its own outbound requests), sent as one frame.
     full: Option<Bytes>,
     slot: Option<BodySlot>,
-    inner: Option<Incoming>,
+    inner: Option<InBody>,
     limit: Option<u64>,
     seen: u64,
     end: bool,

@@ -28,7 +28,7 @@ use crate::accounts::{
 use crate::auth::password::PasswordError;
 use crate::auth::policy::{self, RequestFacts};
 use crate::auth::{self, cookie};
-use crate::body::ResBody;
+use crate::body::{InBody, ResBody};
 use crate::config::Config;
 use crate::config::CredentialKind;
 use crate::problem::{ApiError, FieldError, MfaToken, RateLimitInfo};
@@ -136,7 +136,7 @@ pub async fn handle(
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     path: &str,
-    req: Request<hyper::body::Incoming>,
+    req: Request<InBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let config = &*snapshot.config;
     let prefix = config.accounts.prefix.trim_end_matches('/');
@@ -783,9 +783,7 @@ fn client_info(config: &Config, ctx: &RequestCtx, headers: &HeaderMap) -> Client
 }
 
 /// Reads a JSON body of at most [`MAX_JSON_BODY`] bytes.
-async fn read_json<T: DeserializeOwned>(
-    req: Request<hyper::body::Incoming>,
-) -> Result<T, ApiError> {
+async fn read_json<T: DeserializeOwned>(req: Request<InBody>) -> Result<T, ApiError> {
     let bytes = read_body(req).await?;
     if bytes.is_empty() {
         return Err(ApiError::InvalidRequest("a JSON body is required".into()));
@@ -794,9 +792,7 @@ async fn read_json<T: DeserializeOwned>(
 }
 
 /// Like [`read_json`], but an absent body decodes as `{}`.
-async fn read_json_or_empty<T: DeserializeOwned>(
-    req: Request<hyper::body::Incoming>,
-) -> Result<T, ApiError> {
+async fn read_json_or_empty<T: DeserializeOwned>(req: Request<InBody>) -> Result<T, ApiError> {
     let bytes = read_body(req).await?;
     if bytes.is_empty() {
         return decode(b"{}");
@@ -812,7 +808,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-async fn read_body(req: Request<hyper::body::Incoming>) -> Result<Bytes, ApiError> {
+async fn read_body(req: Request<InBody>) -> Result<Bytes, ApiError> {
     let json_type = req
         .headers()
         .get(header::CONTENT_TYPE)

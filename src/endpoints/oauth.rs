@@ -16,7 +16,7 @@ use super::{
 use crate::accounts::oauth::{CallbackOutcome, CallbackParams, CodeExchange, OAUTH_STATE_TTL};
 use crate::accounts::{Accounts, Issued};
 use crate::auth::cookie;
-use crate::body::ResBody;
+use crate::body::{InBody, ResBody};
 use crate::config::Config;
 use crate::oauth::{IdTokenError, OAuthError};
 use crate::outbound::OutboundError;
@@ -76,7 +76,7 @@ pub(super) fn api_error(err: OAuthError) -> ApiError {
     }
 }
 
-fn query_params(req: &Request<hyper::body::Incoming>) -> Vec<(String, String)> {
+fn query_params(req: &Request<InBody>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()
@@ -118,7 +118,7 @@ pub(super) async fn handle(
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     rest: &str,
-    req: Request<hyper::body::Incoming>,
+    req: Request<InBody>,
     now: UnixMillis,
 ) -> Result<Response<ResBody>, ApiError> {
     let config = &*snapshot.config;
@@ -243,7 +243,7 @@ pub(super) async fn identities(
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     rest: &str,
-    req: Request<hyper::body::Incoming>,
+    req: Request<InBody>,
     now: UnixMillis,
 ) -> Result<Response<ResBody>, ApiError> {
     let method = req.method().clone();

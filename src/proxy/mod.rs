@@ -21,12 +21,11 @@ use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::auth::policy;
 use crate::auth::{self, Authenticator, cookie};
-use crate::body::ResBody;
+use crate::body::{InBody, ResBody};
 use crate::config::LimitKey;
 use crate::principal::Principal;
 use crate::problem::{ApiError, RATELIMIT, RATELIMIT_POLICY, RateLimitInfo};
@@ -61,7 +60,7 @@ pub async fn handle(
     ctx: &mut RequestCtx,
     route: &CompiledRoute,
     path: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<InBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let principal = policy::authorize(
         auth,

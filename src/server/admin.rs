@@ -7,10 +7,9 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 use crate::accounts::Accounts;
-use crate::body::ResBody;
+use crate::body::{InBody, ResBody};
 use crate::metrics::{FetchResult, IssuerLabel, JwksFetchLabels};
 use crate::problem::ApiError;
 use crate::state::{LiveSnapshot, Shared};
@@ -31,7 +30,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     accounts: Arc<Accounts>,
     live: LiveSnapshot,
-    req: Request<Incoming>,
+    req: Request<InBody>,
 ) -> Result<Response<ResBody>, Infallible> {
     let resp = match (req.method().as_str(), req.uri().path()) {
         ("GET" | "HEAD", "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),

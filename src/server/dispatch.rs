@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::accounts::Accounts;
-use crate::body::ResBody;
+use crate::body::{InBody, ResBody};
 use crate::endpoints;
 use crate::metrics::RouteMetrics;
 use crate::problem::{ApiError, Fault};
@@ -71,7 +70,7 @@ pub async fn handle(
     accounts: Arc<Accounts>,
     snapshot: Arc<Snapshot>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<InBody>,
 ) -> Response<ResBody> {
     let _in_flight = InFlight::new(&shared);
     let started_at = Instant::now();
@@ -151,7 +150,7 @@ async fn route_and_serve(
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     path: &str,
-    req: Request<Incoming>,
+    req: Request<InBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let limit = snapshot.config.limits.max_header_bytes;
     if head_size(req.uri(), req.headers()) > limit {

@@ -1,6 +1,8 @@
 //! Accepting connections: optional TLS (rustls, ALPN `h2` and `http/1.1`), then hyper-util's
-//! auto builder, which serves HTTP/1.1 and HTTP/2 (prior-knowledge h2c on plain TCP). Every
-//! connection is watched by a `GracefulShutdown` so a drain can wait for in-flight requests.
+//! auto builder, which serves HTTP/1.1 and HTTP/2 (prior-knowledge h2c on plain TCP). Plain
+//! TCP connections start in the gateway's own HTTP/1.1 loop ([`h1`]), which serves body-less
+//! requests and hands the connection to hyper at the first other one. A drain waits for every
+//! connection task: hyper's are told by a `GracefulShutdown`, the own loop's by `shutdown`.
 
 use std::future::Future;
 use std::io;
@@ -28,7 +30,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::ServerError;
-use crate::body::{BodyError, ResBody};
+use super::h1;
+use crate::body::{BodyError, InBody, ResBody};
 use crate::config::{Limits, TlsConfig};
 use crate::netio::Flat;
 
@@ -67,11 +70,20 @@ fn path_name(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// The connection builder shared by every connection of a listener.
-pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+/// How a listener serves its connections: the own HTTP/1.1 loop's head limits
+/// ([`h1::serve`]), and hyper's builder for TLS, HTTP/2 and requests with a body.
+#[derive(Clone)]
+pub struct Protocols {
+    hyper: auto::Builder<TokioExecutor>,
+    head: h1::HeadLimits,
+}
+
+/// The connection settings shared by every connection of a listener.
+pub fn builder(limits: &Limits) -> Protocols {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // Leave hyper room above the configured limit so that our own check answers with a
-    // problem document; only far larger heads hit hyper's bare 431.
+    // Leave room above the configured limit so that our own check answers with a problem
+    // document; only far larger heads are refused before it (hyper's bare 431, or the own
+    // loop's problem document).
     let head_room = (limits.max_header_bytes as usize)
         .saturating_mul(4)
         .max(64 * 1024);
@@ -89,7 +101,13 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(head_room as u32);
-    b
+    Protocols {
+        hyper: b,
+        head: h1::HeadLimits {
+            max_head: head_room,
+            configured: limits.max_header_bytes,
+        },
+    }
 }
 
 /// Accepts on `listener` until `shutdown` turns true, serving each connection with the
@@ -98,17 +116,19 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 pub async fn serve<M, S, F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    builder: auto::Builder<TokioExecutor>,
+    protocols: Protocols,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
     idle: Duration,
     make: M,
 ) where
     M: Fn(SocketAddr, bool) -> S,
-    S: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    S: Fn(http::Request<InBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<http::Response<ResBody>, std::convert::Infallible>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender: the drain is over when the receiver sees none.
+    let (conns, mut conns_closed) = tokio::sync::mpsc::channel::<std::convert::Infallible>(1);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -127,6 +147,8 @@ pub async fn serve<M, S, F>(
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::default());
         let inner = make(peer, tls.is_some());
+        let own = inner.clone();
+        let stop = shutdown.clone();
         let seen = activity.clone();
         let service = service_fn(move |req: http::Request<Incoming>| {
             if req.version() == http::Version::HTTP_2 {
@@ -136,24 +158,32 @@ pub async fn serve<M, S, F>(
             // A combinator rather than an `async` block: the block would hold the answer's
             // future twice (captured, then moved to be awaited), and hyper moves the whole
             // request future into place once per request.
-            inner(req).map(move |answer| {
+            inner(req.map(InBody::Hyper)).map(move |answer| {
                 answer.map(|resp| resp.map(|body| Tracked { body, _open: open }))
             })
         });
-        let builder = builder.clone();
+        let builder = protocols.hyper.clone();
+        let head_limits = protocols.head;
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let held = conns.clone();
         tokio::spawn(async move {
+            let _held = held;
             let stream = Counted {
                 io: stream,
                 activity: activity.clone(),
             };
             match tls {
                 None => {
-                    let conn = builder
-                        .serve_connection_with_upgrades(Flat::new(stream), service)
-                        .into_owned();
-                    log_end(peer, watched(watcher.watch(conn), &activity, idle).await);
+                    // Ours for body-less HTTP/1.1 requests, hyper's from the first other one.
+                    let handover = |io| {
+                        let conn = builder
+                            .serve_connection_with_upgrades(Flat::new(io), service)
+                            .into_owned();
+                        watcher.watch(conn)
+                    };
+                    let conn = h1::serve(stream, own, head_limits, stop, &activity, handover);
+                    log_end(peer, watched(conn, &activity, idle).await);
                 }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
@@ -178,10 +208,13 @@ pub async fn serve<M, S, F>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(conns);
+    // hyper's connections are told to finish by `graceful`, the own loop's by `shutdown`.
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = conns_closed.recv().await;
+    };
+    if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!(target: "gatehouse::server", "drain timeout reached; closing remaining connections");
     }
 }
@@ -198,7 +231,7 @@ fn log_end<E: std::fmt::Display>(peer: SocketAddr, ended: Option<Result<(), E>>)
 
 /// What a connection's watchdog sees of it, updated by the service and the socket.
 #[derive(Debug, Default)]
-struct Activity {
+pub struct Activity {
     /// Requests not answered to the end yet: waiting on an upstream, or with a body still
     /// streaming either way (a quiet event stream stays open however long it is quiet).
     open: AtomicU64,
@@ -217,10 +250,10 @@ impl Activity {
 }
 
 /// One request, counted from its head until its answer has been sent or dropped.
-struct Open(Arc<Activity>);
+pub struct Open(Arc<Activity>);
 
 impl Open {
-    fn start(activity: &Arc<Activity>) -> Open {
+    pub fn start(activity: &Arc<Activity>) -> Open {
         activity.open.fetch_add(1, Ordering::Relaxed);
         Open(activity.clone())
     }

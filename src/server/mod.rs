@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod dispatch;
+mod h1;
 pub mod listener;
 pub mod reload;
 

@@ -53,7 +53,8 @@ fn upstream_path(strip_prefix: Option<&str>, path: &str, query: Option<&str>) ->
 }
 
 /// Handles a request already matched to `route`. `path` is the normalised request path.
-pub async fn handle(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub fn handle(
     shared: &Shared,
     auth: &Authenticator,
     snapshot: &Snapshot,
@@ -61,127 +62,131 @@ pub async fn handle(
     route: &CompiledRoute,
     path: &str,
     mut req: Request<InBody>,
-) -> Result<Response<ResBody>, ApiError> {
-    let principal = policy::authorize(
-        auth,
-        &snapshot.config,
-        &route.config,
-        &policy::RequestFacts {
-            method: req.method(),
-            headers: req.headers(),
-            scheme: ctx.scheme,
-            trusted_peer: ctx.trusted_peer,
-            session_cookie: &snapshot.session_cookie,
-            csrf_cookie: &snapshot.csrf_cookie,
-        },
-    )
-    .await?;
-    let rate_headers = rate_limit(ctx, route, &principal, req.headers(), snapshot).await?;
+) -> impl Future<Output = Result<Response<ResBody>, ApiError>> {
+    // Not an `async fn`: that would keep its by-value arguments twice in the future (as
+    // captured and as moved-in locals), and this future is copied once per request.
+    async move {
+        let principal = policy::authorize(
+            auth,
+            &snapshot.config,
+            &route.config,
+            &policy::RequestFacts {
+                method: req.method(),
+                headers: req.headers(),
+                scheme: ctx.scheme,
+                trusted_peer: ctx.trusted_peer,
+                session_cookie: &snapshot.session_cookie,
+                csrf_cookie: &snapshot.csrf_cookie,
+            },
+        )
+        .await?;
+        let rate_headers = rate_limit(ctx, route, &principal, req.headers(), snapshot).await?;
 
-    if let (Some(limit), Some(len)) = (route.config.max_body, content_length(req.headers()))
-        && len > limit
-    {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-
-    let upgrade = headers::upgrade_requested(req.headers());
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-
-    let path_and_query = upstream_path(
-        route.config.strip_prefix.as_deref(),
-        path,
-        req.uri().query(),
-    );
-    let authority = req.uri().authority().cloned();
-    let (parts, body) = req.into_parts();
-    let mut hdrs = parts.headers;
-
-    headers::remove_hop_by_hop(&mut hdrs);
-    headers::remove_owned(&mut hdrs);
-    if !route.config.forward_credentials {
-        remove_credentials(&mut hdrs, snapshot);
-    }
-    headers::inject_identity(&mut hdrs, &principal);
-    if route.config.identity_assertion
-        && let Some(token) = Box::pin(auth.assertion(
-            &principal,
-            &route.config.name,
-            &snapshot.config.tokens.issuer,
-            crate::store::unix_now(),
-        ))
-        .await
-        .map_err(|e| ApiError::Internal(format!("signing the identity assertion: {e}")))?
-        && let Ok(v) = HeaderValue::from_str(&token)
-    {
-        hdrs.insert(headers::X_GATEHOUSE_ASSERTION.clone(), v);
-    }
-    if !hdrs.contains_key(header::HOST) {
-        // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.
-        let host = authority
-            .as_ref()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| {
-                route
-                    .upstream
-                    .targets
-                    .first()
-                    .and_then(|t| HeaderValue::from_str(t.target.authority.as_str()).ok())
-            });
-        if let Some(h) = host {
-            hdrs.insert(header::HOST, h);
+        if let (Some(limit), Some(len)) = (route.config.max_body, content_length(req.headers()))
+            && len > limit
+        {
+            return Err(ApiError::BodyTooLarge { limit });
         }
-    }
-    let host = hdrs.get(header::HOST).cloned();
-    headers::set_forwarded(
-        &mut hdrs,
-        &headers::ClientConn {
-            ip: &ctx.client_ip_value,
-            trusted: ctx.trusted_peer,
-            scheme: ctx.scheme,
-            host: host.as_ref(),
-        },
-    );
-    hdrs.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
-    if let Some(proto) = &upgrade {
-        hdrs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        hdrs.insert(header::UPGRADE, proto.clone());
-    }
 
-    let body_empty = hyper::body::Body::is_end_stream(&body);
-    let out = upstream::Outgoing {
-        method: parts.method,
-        path_and_query,
-        headers: hdrs,
-        body: Some(Arc::new(Mutex::new(Some(body)))),
-        body_empty,
-        max_body: route.config.max_body,
-    };
-    let mut resp = upstream::forward(shared, &route.upstream, &route.metrics, out).await?;
+        let upgrade = headers::upgrade_requested(req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let resp_upgrade = resp.headers().get(header::UPGRADE).cloned();
-    headers::remove_hop_by_hop(resp.headers_mut());
-    if switching {
-        match (client_upgrade, resp_upgrade) {
-            (Some(client_side), Some(proto)) => {
-                let upstream_side = hyper::upgrade::on(&mut resp);
-                splice(client_side, upstream_side);
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                resp.headers_mut().insert(header::UPGRADE, proto);
-            }
-            _ => {
-                return Err(ApiError::UpstreamUnavailable(
-                    "upstream switched protocols without an upgrade request".into(),
-                ));
+        let path_and_query = upstream_path(
+            route.config.strip_prefix.as_deref(),
+            path,
+            req.uri().query(),
+        );
+        let authority = req.uri().authority().cloned();
+        let (parts, body) = req.into_parts();
+        let mut hdrs = parts.headers;
+
+        headers::remove_hop_by_hop(&mut hdrs);
+        headers::remove_owned(&mut hdrs);
+        if !route.config.forward_credentials {
+            remove_credentials(&mut hdrs, snapshot);
+        }
+        headers::inject_identity(&mut hdrs, &principal);
+        if route.config.identity_assertion
+            && let Some(token) = Box::pin(auth.assertion(
+                &principal,
+                &route.config.name,
+                &snapshot.config.tokens.issuer,
+                crate::store::unix_now(),
+            ))
+            .await
+            .map_err(|e| ApiError::Internal(format!("signing the identity assertion: {e}")))?
+            && let Ok(v) = HeaderValue::from_str(&token)
+        {
+            hdrs.insert(headers::X_GATEHOUSE_ASSERTION.clone(), v);
+        }
+        if !hdrs.contains_key(header::HOST) {
+            // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.
+            let host = authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .or_else(|| {
+                    route
+                        .upstream
+                        .targets
+                        .first()
+                        .and_then(|t| HeaderValue::from_str(t.target.authority.as_str()).ok())
+                });
+            if let Some(h) = host {
+                hdrs.insert(header::HOST, h);
             }
         }
+        let host = hdrs.get(header::HOST).cloned();
+        headers::set_forwarded(
+            &mut hdrs,
+            &headers::ClientConn {
+                ip: &ctx.client_ip_value,
+                trusted: ctx.trusted_peer,
+                scheme: ctx.scheme,
+                host: host.as_ref(),
+            },
+        );
+        hdrs.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+        if let Some(proto) = &upgrade {
+            hdrs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            hdrs.insert(header::UPGRADE, proto.clone());
+        }
+
+        let body_empty = hyper::body::Body::is_end_stream(&body);
+        let out = upstream::Outgoing {
+            method: parts.method,
+            path_and_query,
+            headers: hdrs,
+            body: Some(Arc::new(Mutex::new(Some(body)))),
+            body_empty,
+            max_body: route.config.max_body,
+        };
+        let mut resp = upstream::forward(shared, &route.upstream, &route.metrics, out).await?;
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let resp_upgrade = resp.headers().get(header::UPGRADE).cloned();
+        headers::remove_hop_by_hop(resp.headers_mut());
+        if switching {
+            match (client_upgrade, resp_upgrade) {
+                (Some(client_side), Some(proto)) => {
+                    let upstream_side = hyper::upgrade::on(&mut resp);
+                    splice(client_side, upstream_side);
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    resp.headers_mut().insert(header::UPGRADE, proto);
+                }
+                _ => {
+                    return Err(ApiError::UpstreamUnavailable(
+                        "upstream switched protocols without an upgrade request".into(),
+                    ));
+                }
+            }
+        }
+        let mut resp = resp.map(ResBody::Upstream);
+        let (policy, state) = rate_headers;
+        resp.headers_mut().insert(RATELIMIT_POLICY.clone(), policy);
+        resp.headers_mut().insert(RATELIMIT.clone(), state);
+        Ok(resp)
     }
-    let mut resp = resp.map(ResBody::Upstream);
-    let (policy, state) = rate_headers;
-    resp.headers_mut().insert(RATELIMIT_POLICY.clone(), policy);
-    resp.headers_mut().insert(RATELIMIT.clone(), state);
-    Ok(resp)
 }
 
 /// Phase 5: counts the request against the route's limiter; the `RateLimit-Policy` and

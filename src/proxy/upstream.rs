@@ -83,82 +83,87 @@ fn body_unread(out: &Outgoing) -> bool {
 }
 
 /// Sends `out` to one of the set's targets, with one failover on a connect error.
-pub async fn forward(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub fn forward(
     shared: &Shared,
     set: &UpstreamSet,
     metrics: &RouteMetrics,
     mut out: Outgoing,
-) -> Result<Response<PooledBody>, ApiError> {
-    let deadline = tokio::time::Instant::now() + set.timeout;
-    let mut tried: Option<usize> = None;
-    // Only a route with a second target can need the headers twice.
-    let mut spare = (set.targets.len() > 1).then(|| out.headers.clone());
-    let mut headers = Some(std::mem::take(&mut out.headers));
-    loop {
-        let Some(i) = pick(set, shared.now_ms(), tried) else {
-            return Err(ApiError::UpstreamUnavailable("route has no targets".into()));
-        };
-        let slot = &set.targets[i];
-        let Some(these) = headers.take().or_else(|| spare.take()) else {
-            return Err(ApiError::Internal("request headers already used".into()));
-        };
-        // Most requests carry no body: they go with borrowed parts, no `Request` (nor its URI
-        // parse) in between, and keep this future small; the rest is boxed.
-        let sent = if pool::bodyless(out.body_empty, &these) {
-            // The pool keeps the deadline itself: one timer per connection, not per request.
-            slot.pool
-                .send_bodyless(&out.method, &out.path_and_query, &these, Some(deadline))
-                .await
-        } else {
-            let req = build(&out, these, body_for(&out))?;
-            tokio::time::timeout_at(deadline, Box::pin(slot.pool.send(req)))
-                .await
-                .unwrap_or(Err(PoolError::TimedOut))
-        };
-        let err = match sent {
-            Ok(resp) => return Ok(resp),
-            Err(PoolError::TimedOut) => {
-                metrics.upstream_error(UpstreamErrorKind::timeout);
-                return Err(ApiError::UpstreamTimeout(set.timeout));
+) -> impl Future<Output = Result<Response<PooledBody>, ApiError>> {
+    // Not an `async fn`: that would keep its by-value arguments twice in the future (as
+    // captured and as moved-in locals), and this future is copied once per request.
+    async move {
+        let deadline = tokio::time::Instant::now() + set.timeout;
+        let mut tried: Option<usize> = None;
+        // Only a route with a second target can need the headers twice.
+        let mut spare = (set.targets.len() > 1).then(|| out.headers.clone());
+        let mut headers = Some(std::mem::take(&mut out.headers));
+        loop {
+            let Some(i) = pick(set, shared.now_ms(), tried) else {
+                return Err(ApiError::UpstreamUnavailable("route has no targets".into()));
+            };
+            let slot = &set.targets[i];
+            let Some(these) = headers.take().or_else(|| spare.take()) else {
+                return Err(ApiError::Internal("request headers already used".into()));
+            };
+            // Most requests carry no body: they go with borrowed parts, no `Request` (nor its URI
+            // parse) in between, and keep this future small; the rest is boxed.
+            let sent = if pool::bodyless(out.body_empty, &these) {
+                // The pool keeps the deadline itself: one timer per connection, not per request.
+                slot.pool
+                    .send_bodyless(&out.method, &out.path_and_query, &these, Some(deadline))
+                    .await
+            } else {
+                let req = build(&out, these, body_for(&out))?;
+                tokio::time::timeout_at(deadline, Box::pin(slot.pool.send(req)))
+                    .await
+                    .unwrap_or(Err(PoolError::TimedOut))
+            };
+            let err = match sent {
+                Ok(resp) => return Ok(resp),
+                Err(PoolError::TimedOut) => {
+                    metrics.upstream_error(UpstreamErrorKind::timeout);
+                    return Err(ApiError::UpstreamTimeout(set.timeout));
+                }
+                Err(e) => e,
+            };
+            if let PoolError::Request(e) = &err
+                && let Some(limit) = is_body_too_large(e)
+            {
+                return Err(ApiError::BodyTooLarge { limit });
             }
-            Err(e) => e,
-        };
-        if let PoolError::Request(e) = &err
-            && let Some(limit) = is_body_too_large(e)
-        {
-            return Err(ApiError::BodyTooLarge { limit });
-        }
-        if err.is_connect() {
-            metrics.upstream_error(UpstreamErrorKind::connect);
-            let now = shared.now_ms();
-            let was_up = slot
-                .down_until_ms
-                .swap(now + FAIL_TIMEOUT.as_millis() as u64, Ordering::Relaxed)
-                <= now;
-            // Log the transition only: with every target down, each request retries the connect
-            // and a line per request would flood the log during an outage (the access log and
-            // `upstream_errors_total` still count every failure).
-            if was_up {
-                tracing::warn!(
-                    target: "gatehouse::upstream",
-                    upstream = %slot.target.authority,
-                    error = %err,
-                    "connect failed; target marked down for {FAIL_TIMEOUT:?}"
-                );
+            if err.is_connect() {
+                metrics.upstream_error(UpstreamErrorKind::connect);
+                let now = shared.now_ms();
+                let was_up = slot
+                    .down_until_ms
+                    .swap(now + FAIL_TIMEOUT.as_millis() as u64, Ordering::Relaxed)
+                    <= now;
+                // Log the transition only: with every target down, each request retries the connect
+                // and a line per request would flood the log during an outage (the access log and
+                // `upstream_errors_total` still count every failure).
+                if was_up {
+                    tracing::warn!(
+                        target: "gatehouse::upstream",
+                        upstream = %slot.target.authority,
+                        error = %err,
+                        "connect failed; target marked down for {FAIL_TIMEOUT:?}"
+                    );
+                }
+                if tried.is_none() && set.targets.len() > 1 && body_unread(&out) {
+                    tried = Some(i);
+                    continue;
+                }
+                return Err(ApiError::UpstreamUnavailable(err.to_string()));
             }
-            if tried.is_none() && set.targets.len() > 1 && body_unread(&out) {
-                tried = Some(i);
-                continue;
-            }
+            metrics.upstream_error(UpstreamErrorKind::protocol);
+            tracing::warn!(
+                target: "gatehouse::upstream",
+                upstream = %slot.target.authority,
+                error = ?err,
+                "upstream request failed"
+            );
             return Err(ApiError::UpstreamUnavailable(err.to_string()));
         }
-        metrics.upstream_error(UpstreamErrorKind::protocol);
-        tracing::warn!(
-            target: "gatehouse::upstream",
-            upstream = %slot.target.authority,
-            error = ?err,
-            "upstream request failed"
-        );
-        return Err(ApiError::UpstreamUnavailable(err.to_string()));
     }
 }

@@ -65,134 +65,144 @@ fn head_size(uri: &http::Uri, headers: &HeaderMap) -> u64 {
 }
 
 /// Serves one request; never fails (errors become problem responses).
-pub async fn handle(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub fn handle(
     shared: Arc<Shared>,
     accounts: Arc<Accounts>,
     snapshot: Arc<Snapshot>,
     conn: ConnInfo,
     req: Request<InBody>,
-) -> Response<ResBody> {
-    let _in_flight = InFlight::new(&shared);
-    let started_at = Instant::now();
-    let config = &snapshot.config;
-    let request_id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| telemetry::valid_request_id(v))
-        .cloned()
-        .unwrap_or_else(telemetry::new_request_id);
-    let client_ip = conn.peer.ip();
-    let mut ctx = RequestCtx {
-        request_id,
-        client_ip,
-        client_ip_value: conn.peer_ip,
-        trusted_peer: config
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&client_ip)),
-        scheme: if conn.tls { "https" } else { "http" },
-        started_at,
-        route: None,
-    };
-    let method = req.method().clone();
-    let path = normalize_path(req.uri().path()).into_owned();
-
-    let result = route_and_serve(&shared, &accounts, &snapshot, &mut ctx, &path, req).await;
-    let (mut resp, code) = match result {
-        Ok(resp) => (resp, None),
-        Err(err) => {
-            match err.fault() {
-                Fault::Client => {}
-                // Counted in metrics and the access line; upstream.rs logs state changes.
-                Fault::Upstream => {
-                    tracing::debug!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "upstream failure")
-                }
-                Fault::Internal => {
-                    tracing::error!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "internal failure")
-                }
-            }
-            let code = err.code();
-            (err.into_response(), Some(code))
-        }
-    };
-    resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-
-    let status = resp.status().as_u16();
-    let elapsed = started_at.elapsed();
-    let (metrics, route_name): (&RouteMetrics, &str) = match ctx.route {
-        Some(i) => match snapshot.routes.get(i) {
-            Some(r) => (&r.metrics, r.config.name.as_str()),
-            None => (&snapshot.unrouted, "-"),
-        },
-        None if endpoints::is_own_endpoint(config, &path) => (&snapshot.endpoints, "gatehouse"),
-        None => (&snapshot.unrouted, "-"),
-    };
-    metrics.observe(status, elapsed.as_secs_f64());
-    if config.log.access_log {
-        telemetry::access(&telemetry::AccessRecord {
-            request_id: ctx.request_id.to_str().unwrap_or("-"),
+) -> impl Future<Output = Response<ResBody>> {
+    // Not an `async fn`: that would keep its by-value arguments twice in the future (as
+    // captured and as moved-in locals), and this future is copied once per request.
+    async move {
+        let _in_flight = InFlight::new(&shared);
+        let started_at = Instant::now();
+        let config = &snapshot.config;
+        let request_id = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .filter(|v| telemetry::valid_request_id(v))
+            .cloned()
+            .unwrap_or_else(telemetry::new_request_id);
+        let client_ip = conn.peer.ip();
+        let mut ctx = RequestCtx {
+            request_id,
             client_ip,
-            method: &method,
-            path: &path,
-            route: route_name,
-            status,
-            elapsed,
-            code,
-        });
+            client_ip_value: conn.peer_ip,
+            trusted_peer: config
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&client_ip)),
+            scheme: if conn.tls { "https" } else { "http" },
+            started_at,
+            route: None,
+        };
+        let method = req.method().clone();
+        let path = normalize_path(req.uri().path()).into_owned();
+
+        let result = route_and_serve(&shared, &accounts, &snapshot, &mut ctx, &path, req).await;
+        let (mut resp, code) = match result {
+            Ok(resp) => (resp, None),
+            Err(err) => {
+                match err.fault() {
+                    Fault::Client => {}
+                    // Counted in metrics and the access line; upstream.rs logs state changes.
+                    Fault::Upstream => {
+                        tracing::debug!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "upstream failure")
+                    }
+                    Fault::Internal => {
+                        tracing::error!(target: "gatehouse::proxy", request_id = ?ctx.request_id, error = %err, "internal failure")
+                    }
+                }
+                let code = err.code();
+                (err.into_response(), Some(code))
+            }
+        };
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+
+        let status = resp.status().as_u16();
+        let elapsed = started_at.elapsed();
+        let (metrics, route_name): (&RouteMetrics, &str) = match ctx.route {
+            Some(i) => match snapshot.routes.get(i) {
+                Some(r) => (&r.metrics, r.config.name.as_str()),
+                None => (&snapshot.unrouted, "-"),
+            },
+            None if endpoints::is_own_endpoint(config, &path) => (&snapshot.endpoints, "gatehouse"),
+            None => (&snapshot.unrouted, "-"),
+        };
+        metrics.observe(status, elapsed.as_secs_f64());
+        if config.log.access_log {
+            telemetry::access(&telemetry::AccessRecord {
+                request_id: ctx.request_id.to_str().unwrap_or("-"),
+                client_ip,
+                method: &method,
+                path: &path,
+                route: route_name,
+                status,
+                elapsed,
+                code,
+            });
+        }
+        resp
     }
-    resp
 }
 
-async fn route_and_serve(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+fn route_and_serve(
     shared: &Shared,
     accounts: &Arc<Accounts>,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     path: &str,
     req: Request<InBody>,
-) -> Result<Response<ResBody>, ApiError> {
-    let limit = snapshot.config.limits.max_header_bytes;
-    if head_size(req.uri(), req.headers()) > limit {
-        return Err(ApiError::HeadersTooLarge { limit });
+) -> impl Future<Output = Result<Response<ResBody>, ApiError>> {
+    // Not an `async fn`: that would keep its by-value arguments twice in the future (as
+    // captured and as moved-in locals), and this future is copied once per request.
+    async move {
+        let limit = snapshot.config.limits.max_header_bytes;
+        if head_size(req.uri(), req.headers()) > limit {
+            return Err(ApiError::HeadersTooLarge { limit });
+        }
+        if endpoints::is_own_endpoint(&snapshot.config, path) {
+            // Boxed: the account API's future is large, and inline it would be part of (and be
+            // copied with) every proxied request's future.
+            return Box::pin(endpoints::handle(accounts, snapshot, ctx, path, req)).await;
+        }
+        let raw_host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let host = normalize_host(raw_host);
+        let index = snapshot
+            .router
+            .find(&host, path, req.method())
+            .map_err(|miss| match miss {
+                RouteMiss::NoRoute => ApiError::NoRoute,
+                RouteMiss::MethodNotAllowed(allow) => ApiError::MethodNotAllowed { allow },
+            })?;
+        ctx.route = Some(index);
+        let Some(route) = snapshot.routes.get(index) else {
+            return Err(ApiError::Internal(
+                "router returned an unknown route".into(),
+            ));
+        };
+        // Boxed: hyper moves the service future into place when a request arrives, and every
+        // await of an unboxed child future moves that child into its parent; with the proxy
+        // path inline, each such move copied KiBs (memmove was the largest single item in the
+        // proxy path's profile). One allocation is cheaper than those copies.
+        Box::pin(proxy::handle(
+            shared,
+            accounts.authenticator(),
+            snapshot,
+            ctx,
+            route,
+            path,
+            req,
+        ))
+        .await
     }
-    if endpoints::is_own_endpoint(&snapshot.config, path) {
-        // Boxed: the account API's future is large, and inline it would be part of (and be
-        // copied with) every proxied request's future.
-        return Box::pin(endpoints::handle(accounts, snapshot, ctx, path, req)).await;
-    }
-    let raw_host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    let host = normalize_host(raw_host);
-    let index = snapshot
-        .router
-        .find(&host, path, req.method())
-        .map_err(|miss| match miss {
-            RouteMiss::NoRoute => ApiError::NoRoute,
-            RouteMiss::MethodNotAllowed(allow) => ApiError::MethodNotAllowed { allow },
-        })?;
-    ctx.route = Some(index);
-    let Some(route) = snapshot.routes.get(index) else {
-        return Err(ApiError::Internal(
-            "router returned an unknown route".into(),
-        ));
-    };
-    // Boxed: hyper moves the service future into place when a request arrives, and every
-    // await of an unboxed child future moves that child into its parent; with the proxy
-    // path inline, each such move copied KiBs (memmove was the largest single item in the
-    // proxy path's profile). One allocation is cheaper than those copies.
-    Box::pin(proxy::handle(
-        shared,
-        accounts.authenticator(),
-        snapshot,
-        ctx,
-        route,
-        path,
-        req,
-    ))
-    .await
 }

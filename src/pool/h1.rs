@@ -97,7 +97,13 @@ pub struct Conn {
     /// requests, it wakes the last request's task once at that deadline if no request
     /// moved it (a spurious poll of that client connection, or nothing if it is gone).
     timer: Option<Pin<Box<Sleep>>>,
+    /// Where the last head's fields sit in `buf`: kept for its capacity, where an array of
+    /// MAX_HEADERS ranges on the stack was zeroed (1.6 KiB) for every answer.
+    ranges: Vec<Range>,
 }
+
+/// A field's name and value as byte offsets (start, end, start, end) into the head.
+type Range = (u32, u32, u32, u32);
 
 enum Io {
     /// Heads go out in the turn's burst ([`super::batch`]) through the shared write side.
@@ -145,6 +151,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            ranges: Vec::new(),
             read_size: FIRST_READ,
             timer: None,
         }
@@ -263,7 +270,7 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 received = true;
-                match parse(&mut self.buf, head_request)? {
+                match parse(&mut self.buf, &mut self.ranges, head_request)? {
                     Parsed::Head(head) => return Ok(head),
                     Parsed::Interim => continue,
                     Parsed::Partial if self.buf.len() >= MAX_HEAD => {
@@ -381,10 +388,13 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
 }
 
 /// Parses one response head at the start of `buf`, consuming it when complete.
-fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error> {
+fn parse(
+    buf: &mut BytesMut,
+    ranges: &mut Vec<Range>,
+    head_request: bool,
+) -> Result<Parsed, H1Error> {
     // Byte ranges of names and values in `buf`, so the values can share the buffer's memory
     // once the borrow of the parse ends (as hyper does).
-    let mut ranges = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut meta = Meta::default();
     let (len, code, minor, count) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -400,17 +410,18 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error> {
             Err(_) => return Err(H1Error::Head("malformed")),
         };
         let base = buf.as_ptr() as usize;
-        for (range, h) in ranges.iter_mut().zip(resp.headers.iter()) {
+        ranges.clear();
+        for h in resp.headers.iter() {
             meta.note(h.name.as_bytes(), h.value);
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
             // Offsets stay below MAX_HEAD plus one read, far inside u32.
-            *range = (
+            ranges.push((
                 name as u32,
                 (name + h.name.len()) as u32,
                 value as u32,
                 (value + h.value.len()) as u32,
-            );
+            ));
         }
         (
             len,
@@ -432,7 +443,7 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error> {
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity((count + 4).max(RESPONSE_FIELDS));
-    for &(ns, ne, vs, ve) in &ranges[..count] {
+    for &(ns, ne, vs, ve) in &ranges[..] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| H1Error::Head("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))

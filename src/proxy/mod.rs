@@ -156,7 +156,8 @@ pub fn handle(
             method: parts.method,
             path_and_query,
             headers: hdrs,
-            body: Some(Arc::new(Mutex::new(Some(body)))),
+            // No slot (an allocation) for the common body-less request.
+            body: (!body_empty).then(|| Arc::new(Mutex::new(Some(body)))),
             body_empty,
             max_body: route.config.max_body,
         };

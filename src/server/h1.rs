@@ -2,10 +2,11 @@
 //!
 //! Most requests through a gateway carry no body (GET, HEAD, DELETE, ...). For those this
 //! loop reads the head, calls the service and writes the answer itself: one parse, one
-//! buffer, one `send` for a small answer, and the request's future polled where it is, not
-//! moved into hyper's dispatcher, its `service_fn` and two `Map`s first. That path was half
-//! of a proxied request's instructions and the largest share of its instruction- and data-
-//! cache misses (`benches/README.md`).
+//! buffer, one `send` for a small answer, and the request's future boxed once and polled
+//! there, not moved into hyper's dispatcher through its `service_fn` and two `Map`s. That
+//! machinery was the largest single share of a proxied request's instruction-cache misses
+//! (about 300 of 1,700 per request in callgrind's cache simulation; `benches/README.md`),
+//! which, more than instruction counts, set the proxy path apart from HAProxy's.
 //!
 //! Everything else is hyper's: the first request with a body (`Content-Length` other than 0,
 //! `Transfer-Encoding`), `Expect`, `Upgrade` (WebSocket, h2c), `CONNECT`, and HTTP/2 prior
@@ -65,9 +66,10 @@ pub struct HeadLimits {
     pub configured: u64,
 }
 
-/// Serves HTTP/1.1 on `io` with `service` until the client closes, a request or answer says
-/// `close`, `shutdown` turns true between requests, or a request needs hyper: then `handover`
-/// gets the connection (and what was read of it) and its result is the connection's.
+/// Serves HTTP/1.1 on `io` with `service` until the client closes, a request says `close`
+/// (or is HTTP/1.0 without keep-alive, or gets an answer of unknown length), `shutdown` turns
+/// true, or a request needs hyper: then `handover` gets the connection (and what was read of
+/// it) and its result is the connection's.
 pub async fn serve<T, S, F, H, HF, E>(
     mut io: T,
     service: S,

@@ -396,7 +396,7 @@ fn parse(
     // Byte ranges of names and values in `buf`, so the values can share the buffer's memory
     // once the borrow of the parse ends (as hyper does).
     let mut meta = Meta::default();
-    let (len, code, minor, count) = {
+    let (len, code, minor) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default()
@@ -423,12 +423,7 @@ fn parse(
                 (value + h.value.len()) as u32,
             ));
         }
-        (
-            len,
-            resp.code.unwrap_or(0),
-            resp.version.unwrap_or(1),
-            resp.headers.len(),
-        )
+        (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
     };
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Head("invalid status code"))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -442,7 +437,7 @@ fn parse(
         return Err(H1Error::BadLength);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity((count + 4).max(RESPONSE_FIELDS));
+    let mut headers = HeaderMap::with_capacity((ranges.len() + 4).max(RESPONSE_FIELDS));
     for &(ns, ne, vs, ve) in &ranges[..] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| H1Error::Head("invalid header name"))?;

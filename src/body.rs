@@ -41,6 +41,15 @@ impl ResBody {
     pub fn empty() -> Self {
         ResBody::Full(Full::new(Bytes::new()))
     }
+
+    /// An upstream answer's header fields that are not in the response's map yet (see
+    /// [`crate::pool::RawFields`]): a writer of the response takes them once.
+    pub fn take_upstream_fields(&mut self) -> Option<crate::pool::RawFields> {
+        match self {
+            ResBody::Upstream(b) => b.take_fields(),
+            ResBody::Full(_) => None,
+        }
+    }
 }
 
 impl Body for ResBody {

@@ -35,8 +35,8 @@ use rustls::pki_types::CertificateDer;
 
 use crate::body::{BodyError, ReqBody};
 use crate::netio::Flat;
-pub use h1::H1Error;
 use h1::Stream;
+pub use h1::{H1Error, RawField, RawFields, RawIter};
 use tokio_util::either::Either;
 
 /// Idle connections older than this are not reused: upstreams close idle keep-alive
@@ -275,9 +275,13 @@ impl Pool {
         if bodyless(req.body().is_end_stream(), req.headers()) {
             let (parts, _empty) = req.into_parts();
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            return self
+            let mut resp = self
                 .send_bodyless(&parts.method, target, &parts.headers, None)
-                .await;
+                .await?;
+            if let Some(fields) = resp.body_mut().take_fields() {
+                *resp.headers_mut() = fields.to_map();
+            }
+            return Ok(resp);
         }
         // Boxed: its future (hyper's handshake, rustls state) would otherwise be part of, and
         // copied with, every body-less request's.
@@ -288,7 +292,8 @@ impl Pool {
     /// `headers` with `Host`; [`PoolError::TimedOut`] when the answer's head has not come by
     /// `deadline` (connecting included). Borrowed, not a `Request`: the proxy path's future
     /// holds this one's, and every value moved into it was another copy to carry and move
-    /// along.
+    /// along. The answer's header fields are left as they came, in the body
+    /// ([`PooledBody::take_fields`]); the response's own map is empty.
     pub async fn send_bodyless(
         self: &Arc<Self>,
         method: &Method,
@@ -330,11 +335,14 @@ impl Pool {
             Some(self.clone())
         };
         let mut resp = Response::new(PooledBody {
-            inner: Inner::Own { body, home },
+            inner: Inner::Own {
+                body,
+                home,
+                fields: Some(head.fields),
+            },
         });
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
         resp
     }
 
@@ -400,7 +408,21 @@ enum Inner {
     Own {
         body: h1::Body,
         home: Option<Arc<Pool>>,
+        /// The answer's header fields, until a writer takes them.
+        fields: Option<h1::RawFields>,
     },
+}
+
+impl PooledBody {
+    /// The header fields of an answer read by the gateway's own exchange
+    /// ([`Pool::send_bodyless`]), which are not in the response's map; `None` for hyper's
+    /// answers, whose fields are, and once taken.
+    pub fn take_fields(&mut self) -> Option<h1::RawFields> {
+        match &mut self.inner {
+            Inner::Own { fields, .. } => fields.take(),
+            Inner::Hyper { .. } => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -434,7 +456,7 @@ impl Body for PooledBody {
                 }
                 polled.map_err(BodyError::Hyper)
             }
-            Inner::Own { body, home } => {
+            Inner::Own { body, home, .. } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 if body.is_end_stream()
                     && let Some(pool) = home.take()

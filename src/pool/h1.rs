@@ -39,10 +39,11 @@ use super::batch::Wire;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head (hyper's client: 100).
 const MAX_HEADERS: usize = 100;
-/// Header fields a response map has room for at least. The gateway adds its own to the answer
-/// (`RateLimit`, ...), and hyper's server connection keeps the map it sent as the next request's
-/// map, to which the proxy path adds `X-Forwarded-*`, `X-Request-Id` and identity fields: a map
-/// sized to the upstream's fields alone grew (rehashing every entry) twice per request.
+/// Header fields a response map ([`RawFields::to_map`]) has room for at least. The gateway
+/// adds its own to the answer (`RateLimit`, ...), and hyper's server connection keeps the map
+/// it sent as the next request's map, to which the proxy path adds `X-Forwarded-*`,
+/// `X-Request-Id` and identity fields: a map sized to the upstream's fields alone grew
+/// (rehashing every entry) twice per request.
 const RESPONSE_FIELDS: usize = 24;
 /// First read size of a connection; doubled while reads fill the buffer (large bodies), up to
 /// [`MAX_READ`], and back to this when the connection goes idle.
@@ -97,13 +98,7 @@ pub struct Conn {
     /// requests, it wakes the last request's task once at that deadline if no request
     /// moved it (a spurious poll of that client connection, or nothing if it is gone).
     timer: Option<Pin<Box<Sleep>>>,
-    /// Where the last head's fields sit in `buf`: kept for its capacity, where an array of
-    /// MAX_HEADERS ranges on the stack was zeroed (1.6 KiB) for every answer.
-    ranges: Vec<Range>,
 }
-
-/// A field's name and value as byte offsets (start, end, start, end) into the head.
-type Range = (u32, u32, u32, u32);
 
 enum Io {
     /// Heads go out in the turn's burst ([`super::batch`]) through the shared write side.
@@ -134,9 +129,115 @@ enum Framing {
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    pub fields: RawFields,
     framing: Option<Framing>,
     keep_alive: bool,
+}
+
+/// A response head's header fields as the upstream sent them, after httparse checked them:
+/// names are tokens, values hold no CR, LF or other control byte but HTAB.
+///
+/// Why not a `HeaderMap`: the proxy path writes an answer's fields straight back to an
+/// HTTP/1.1 client (the server's own loop), and a map built and dropped per answer
+/// (each name parsed, hashed and inserted) was ~2k of a proxied request's ~25.6k
+/// instructions (callgrind). Writers that need a map (hyper's, for HTTP/2, TLS and bodies;
+/// the gateway's own outbound calls) build one with [`RawFields::to_map`].
+#[derive(Debug, Clone)]
+pub struct RawFields {
+    /// The head from its first field to its end (the empty line included).
+    block: Bytes,
+    /// What `Content-Length` declares, when it is the body's length (no transfer coding).
+    length: Option<u64>,
+    /// Whether a `Connection` field names other fields (a token besides `close` and
+    /// `keep-alive`).
+    names_fields: bool,
+}
+
+impl RawFields {
+    /// The fields in order.
+    pub fn iter(&self) -> RawIter<'_> {
+        RawIter { rest: &self.block }
+    }
+
+    /// The bytes the fields' lines ([`RawField::line`]) are slices of.
+    pub fn block(&self) -> &[u8] {
+        &self.block
+    }
+
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    pub fn names_fields(&self) -> bool {
+        self.names_fields
+    }
+
+    /// All the fields in a map (values share the head's bytes).
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(RESPONSE_FIELDS);
+        for field in self.iter() {
+            // httparse admitted both, and what it admits both types admit.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(field.name),
+                HeaderValue::from_maybe_shared(self.block.slice_ref(field.value)),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+impl RawFields {
+    /// The fields of a whole response head, parsed as an upstream's are.
+    pub fn of_head(head: &[u8], head_request: bool) -> Option<RawFields> {
+        match parse(&mut BytesMut::from(head), head_request) {
+            Ok(Parsed::Head(head)) => Some(head.fields),
+            _ => None,
+        }
+    }
+}
+
+/// One field of a [`RawFields`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawField<'a> {
+    pub name: &'a [u8],
+    /// Without the whitespace around it.
+    pub value: &'a [u8],
+    /// The whole line as it came, its line end included (CRLF, or a bare LF).
+    pub line: &'a [u8],
+}
+
+/// The fields of a [`RawFields`], one line at a time.
+pub struct RawIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for RawIter<'a> {
+    type Item = RawField<'a>;
+
+    fn next(&mut self) -> Option<RawField<'a>> {
+        loop {
+            // httparse ends lines with CRLF or a bare LF; the first empty one ends the head.
+            let end = memchr::memchr(b'\n', self.rest).map_or(self.rest.len(), |i| i + 1);
+            let (line, rest) = self.rest.split_at(end);
+            let text = line.strip_suffix(b"\n").unwrap_or(line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if text.is_empty() {
+                self.rest = &[];
+                return None;
+            }
+            self.rest = rest;
+            if let Some(colon) = text.iter().position(|&b| b == b':') {
+                return Some(RawField {
+                    name: &text[..colon],
+                    value: text[colon + 1..].trim_ascii(),
+                    line,
+                });
+            }
+        }
+    }
 }
 
 impl Conn {
@@ -151,7 +252,6 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
-            ranges: Vec::new(),
             read_size: FIRST_READ,
             timer: None,
         }
@@ -270,7 +370,7 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 received = true;
-                match parse(&mut self.buf, &mut self.ranges, head_request)? {
+                match parse(&mut self.buf, head_request)? {
                     Parsed::Head(head) => return Ok(head),
                     Parsed::Interim => continue,
                     Parsed::Partial if self.buf.len() >= MAX_HEAD => {
@@ -349,6 +449,8 @@ struct Meta {
     chunked: Option<bool>,
     close: bool,
     keep_alive: bool,
+    /// A `Connection` token other than `close` and `keep-alive`: a field name.
+    names_fields: bool,
 }
 
 impl Meta {
@@ -372,6 +474,8 @@ impl Meta {
                     self.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     self.keep_alive = true;
+                } else if !token.is_empty() {
+                    self.names_fields = true;
                 }
             }
         }
@@ -388,15 +492,9 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
 }
 
 /// Parses one response head at the start of `buf`, consuming it when complete.
-fn parse(
-    buf: &mut BytesMut,
-    ranges: &mut Vec<Range>,
-    head_request: bool,
-) -> Result<Parsed, H1Error> {
-    // Byte ranges of names and values in `buf`, so the values can share the buffer's memory
-    // once the borrow of the parse ends (as hyper does).
+fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error> {
     let mut meta = Meta::default();
-    let (len, code, minor) = {
+    let (len, code, minor, first_field) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default()
@@ -409,21 +507,20 @@ fn parse(
             }
             Err(_) => return Err(H1Error::Head("malformed")),
         };
-        let base = buf.as_ptr() as usize;
-        ranges.clear();
         for h in resp.headers.iter() {
             meta.note(h.name.as_bytes(), h.value);
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            // Offsets stay below MAX_HEAD plus one read, far inside u32.
-            ranges.push((
-                name as u32,
-                (name + h.name.len()) as u32,
-                value as u32,
-                (value + h.value.len()) as u32,
-            ));
         }
-        (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
+        // The field section starts at the first name (the status line before it is done).
+        let first_field = resp
+            .headers
+            .first()
+            .map_or(len, |h| h.name.as_ptr() as usize - buf.as_ptr() as usize);
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            first_field,
+        )
     };
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Head("invalid status code"))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -437,14 +534,12 @@ fn parse(
         return Err(H1Error::BadLength);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity((ranges.len() + 4).max(RESPONSE_FIELDS));
-    for &(ns, ne, vs, ve) in &ranges[..] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| H1Error::Head("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| H1Error::Head("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let fields = RawFields {
+        block: head.slice(first_field..),
+        // With a transfer coding as well, the length is not the body's (see `both` below).
+        length: meta.length.filter(|_| meta.chunked.is_none()),
+        names_fields: meta.names_fields,
+    };
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = match (no_body, meta.chunked, meta.length) {
@@ -470,7 +565,7 @@ fn parse(
     Ok(Parsed::Head(Head {
         status,
         version,
-        headers,
+        fields,
         framing,
         keep_alive,
     }))

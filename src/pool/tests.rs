@@ -564,3 +564,45 @@ async fn each_request_on_a_reused_connection_gets_its_own_deadline() {
     );
     assert_eq!(up.accepts.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn raw_fields_read_back_as_httparse_took_them() {
+    // Bare LF line ends, whitespace around values, an empty value, no fields at all.
+    let fields = h1::RawFields::of_head(
+        b"HTTP/1.1 200 OK\nA:  x y \r\nB:\t\nConnection: close, X-A\n\n",
+        false,
+    )
+    .unwrap();
+    let got: Vec<(&[u8], &[u8])> = fields.iter().map(|f| (f.name, f.value)).collect();
+    let lines: Vec<&[u8]> = fields.iter().map(|f| f.line).collect();
+    assert_eq!(
+        lines,
+        [&b"A:  x y \r\n"[..], b"B:\t\n", b"Connection: close, X-A\n"]
+    );
+    assert_eq!(
+        got,
+        [
+            (&b"A"[..], &b"x y"[..]),
+            (b"B", b""),
+            (b"Connection", b"close, X-A")
+        ]
+    );
+    assert!(fields.names_fields());
+    assert_eq!(fields.length(), None);
+    let map = fields.to_map();
+    assert_eq!(map.len(), 3);
+    assert_eq!(map["a"], "x y");
+
+    let fields = h1::RawFields::of_head(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
+    assert_eq!(fields.iter().count(), 0);
+    // A length beside a transfer coding is not the body's.
+    let fields = h1::RawFields::of_head(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+    )
+    .unwrap();
+    assert_eq!(fields.length(), None);
+    let fields =
+        h1::RawFields::of_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n", false).unwrap();
+    assert_eq!(fields.length(), Some(3));
+}

@@ -5,8 +5,11 @@
 
 use std::net::IpAddr;
 
+use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::body::ResBody;
+use crate::pool::{RawField, RawFields};
 use crate::principal::Principal;
 
 /// RFC 9110 section 7.6.1 plus the legacy names still seen in the wild, besides `Connection`
@@ -61,7 +64,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let mut te = false;
     let mut doomed = false;
     for name in headers.keys() {
-        match hop_kind(name.as_str()) {
+        match hop_kind(name.as_str().as_bytes()) {
             Hop::No => {}
             Hop::Connection => connection = true,
             Hop::Te => te = true,
@@ -111,21 +114,70 @@ enum Hop {
     Listed,
 }
 
-/// Which hop-by-hop name `name` (lower-case) is, by length first: a few instructions for the
-/// common names, where comparing each against six `HeaderName`s was ~400 instructions and
+/// Which hop-by-hop name `name` is (in any case), by length first: a few instructions for
+/// the common names, where comparing each against six `HeaderName`s was ~400 instructions and
 /// 3.6 KiB of code per message.
-fn hop_kind(name: &str) -> Hop {
+fn hop_kind(name: &[u8]) -> Hop {
+    let is = |hop: &str| name.eq_ignore_ascii_case(hop.as_bytes());
     match name.len() {
-        2 if name == "te" => Hop::Te,
-        10 if name == "connection" => Hop::Connection,
-        10 if name == "keep-alive" => Hop::Listed,
-        7 if name == "upgrade" => Hop::Listed,
-        16 if name == "proxy-connection" => Hop::Listed,
-        17 if name == "transfer-encoding" => Hop::Listed,
-        18 if name == "proxy-authenticate" => Hop::Listed,
-        19 if name == "proxy-authorization" => Hop::Listed,
+        2 if is("te") => Hop::Te,
+        10 if is("connection") => Hop::Connection,
+        10 if is("keep-alive") => Hop::Listed,
+        7 if is("upgrade") => Hop::Listed,
+        16 if is("proxy-connection") => Hop::Listed,
+        17 if is("transfer-encoding") => Hop::Listed,
+        18 if is("proxy-authenticate") => Hop::Listed,
+        19 if is("proxy-authorization") => Hop::Listed,
         _ => Hop::No,
     }
+}
+
+/// The end-to-end fields of an upstream answer read by the gateway's own exchange: all but
+/// the hop-by-hop ones and those its `Connection` names, as [`remove_hop_by_hop`] leaves a
+/// map.
+pub fn end_to_end(fields: &RawFields) -> impl Iterator<Item = RawField<'_>> {
+    let names_fields = fields.names_fields();
+    fields.iter().filter(move |f| match hop_kind(f.name) {
+        Hop::No => !(names_fields && named_in_connection(fields, f.name)),
+        Hop::Te => f.value.eq_ignore_ascii_case(b"trailers"),
+        Hop::Connection | Hop::Listed => false,
+    })
+}
+
+fn named_in_connection(fields: &RawFields, name: &[u8]) -> bool {
+    fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|f| f.value.split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+}
+
+/// Puts the upstream fields an answer still carries as bytes ([`RawFields`]) into its map,
+/// for a writer that reads only the map (hyper's: HTTP/2, TLS, connections handed over).
+/// Hop-by-hop fields go as in the map path; the fields the gateway set meanwhile
+/// (`X-Request-Id`, `RateLimit`, ...) replace the upstream's of the same name.
+pub fn materialize(resp: &mut Response<ResBody>) {
+    let Some(fields) = resp.body_mut().take_upstream_fields() else {
+        return;
+    };
+    let mut map = fields.to_map();
+    remove_hop_by_hop(&mut map);
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in std::mem::take(resp.headers_mut()) {
+        match name {
+            Some(name) => {
+                map.insert(name.clone(), value);
+                last = Some(name);
+            }
+            // The further values of the name before.
+            None => {
+                if let Some(name) = &last {
+                    map.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    *resp.headers_mut() = map;
 }
 
 /// True when `name` folds to `canonical` once `_` is read as `-` (names are lower-case already).

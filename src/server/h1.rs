@@ -33,7 +33,9 @@ use tokio::sync::watch;
 
 use super::listener::{Activity, Open};
 use crate::body::{BodyError, InBody, ResBody};
+use crate::pool::RawFields;
 use crate::problem::ApiError;
+use crate::proxy::headers::end_to_end;
 
 /// As hyper's default (and HAProxy's 101): more fields is a 431.
 const MAX_HEADERS: usize = 100;
@@ -172,8 +174,14 @@ where
         };
         // A drain lets the request in flight finish, then closes (`connection: close`).
         let keep_alive = head.keep_alive && !draining.has_changed().unwrap_or(true);
-        let keep_alive =
-            write_answer(&mut io, &mut out, resp, head_only, head.version, keep_alive).await?;
+        let mut resp = resp;
+        let upstream = resp.body_mut().take_upstream_fields();
+        let answer = Answer {
+            head_only,
+            version: head.version,
+            keep_alive,
+        };
+        let keep_alive = write_answer(&mut io, &mut out, resp, upstream, answer).await?;
         drop(open);
         if !keep_alive {
             let _ = io.shutdown().await;
@@ -203,15 +211,12 @@ async fn refuse<T: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     answer: ApiError,
 ) -> Result<(), ConnError> {
-    write_answer(
-        io,
-        out,
-        answer.into_response(),
-        false,
-        Version::HTTP_11,
-        false,
-    )
-    .await?;
+    let how = Answer {
+        head_only: false,
+        version: Version::HTTP_11,
+        keep_alive: false,
+    };
+    write_answer(io, out, answer.into_response(), None, how).await?;
     let _ = io.shutdown().await;
     Ok(())
 }
@@ -354,20 +359,36 @@ enum Framing {
     Close,
 }
 
-/// Writes `resp` (only its head if `head_only`); whether the connection stays open.
+/// How an answer goes out.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    /// The request was `HEAD`: the head only.
+    head_only: bool,
+    /// The request's version.
+    version: Version,
+    /// Whether the connection may stay open after this answer.
+    keep_alive: bool,
+}
+
+/// Writes `resp` and, before its map's fields, the end-to-end fields of `upstream` that the
+/// map does not replace; whether the connection stays open.
 async fn write_answer<T, B>(
     io: &mut T,
     out: &mut Vec<u8>,
     resp: Response<B>,
-    head_only: bool,
-    version: Version,
-    mut keep_alive: bool,
+    upstream: Option<RawFields>,
+    answer: Answer,
 ) -> Result<bool, ConnError>
 where
     T: AsyncWrite + Unpin,
     B: Body<Data = Bytes>,
     BodyError: From<B::Error>,
 {
+    let Answer {
+        head_only,
+        version,
+        mut keep_alive,
+    } = answer;
     let (parts, body) = resp.into_parts();
     let status = parts.status;
     out.clear();
@@ -380,16 +401,28 @@ where
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
+    let handler_length = parts.headers.get(header::CONTENT_LENGTH);
+    let declared = handler_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // The upstream's length (its field is never copied: "5, 5" is one length) unless the
+    // handler set one.
+    let upstream_length = match (handler_length, &upstream) {
+        (None, Some(fields)) => fields.length(),
+        _ => None,
+    };
     // A field the handler set but that is not one length ("5, 5") is replaced by ours.
     let mut own_length = false;
-    let framing = match (declared, body.size_hint().exact()) {
-        (Some(n), _) => Framing::Length(n),
-        (None, Some(n)) => {
+    let framing = match (declared, upstream_length, body.size_hint().exact()) {
+        (Some(n), _, _) => Framing::Length(n),
+        // Said even without a body: a `HEAD` answer's length is the `GET` one's.
+        (None, Some(n), _) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            Framing::Length(n)
+        }
+        (None, None, Some(n)) => {
             if !bodiless {
                 out.extend_from_slice(b"content-length: ");
                 out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -398,13 +431,13 @@ where
             }
             Framing::Length(n)
         }
-        (None, None) if version == Version::HTTP_11 => {
+        (None, None, None) if version == Version::HTTP_11 => {
             if !bodiless {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             }
             Framing::Chunked
         }
-        (None, None) => {
+        (None, None, None) => {
             keep_alive &= bodiless;
             Framing::Close
         }
@@ -414,18 +447,21 @@ where
     } else if version == Version::HTTP_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
-        date(out);
+    let mut dated = parts.headers.contains_key(header::DATE);
+    if let Some(fields) = &upstream {
+        dated |= put_upstream(out, fields, &parts.headers);
     }
     // Framing and persistence are this connection's, said above.
-    put_fields(
-        out,
-        parts.headers.iter().filter(|(name, _)| {
-            *name != header::TRANSFER_ENCODING
-                && *name != header::CONNECTION
-                && !(own_length && *name == header::CONTENT_LENGTH)
-        }),
-    );
+    for (name, value) in parts.headers.iter().filter(|(name, _)| {
+        *name != header::TRANSFER_ENCODING
+            && *name != header::CONNECTION
+            && !(own_length && *name == header::CONTENT_LENGTH)
+    }) {
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !dated {
+        date(out);
+    }
     out.extend_from_slice(b"\r\n");
     drop(parts);
     if bodiless {
@@ -492,7 +528,9 @@ where
     match framing {
         Framing::Chunked => {
             out.extend_from_slice(b"0\r\n");
-            put_fields(out, trailers.iter().flat_map(|t| t.iter()));
+            for (name, value) in trailers.iter().flat_map(|t| t.iter()) {
+                put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
             out.extend_from_slice(b"\r\n");
         }
         Framing::Length(n) if sent < n => {
@@ -514,17 +552,51 @@ async fn flush<T: AsyncWrite + Unpin>(io: &mut T, out: &mut Vec<u8>) -> io::Resu
     Ok(())
 }
 
-/// Appends `name: value` lines.
-fn put_fields<'a>(
-    out: &mut Vec<u8>,
-    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
-) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+/// Appends the end-to-end fields of an upstream answer that `map` does not replace, but its
+/// length (said by the caller); whether one was a `date`. Lines that came with CRLF are copied
+/// as they came, in runs: one copy for the usual answer, where a line at a time was ~50
+/// instructions per field.
+fn put_upstream(out: &mut Vec<u8>, fields: &RawFields, map: &HeaderMap) -> bool {
+    let block = fields.block();
+    let offset = |part: &[u8]| part.as_ptr() as usize - block.as_ptr() as usize;
+    let mut run = 0..0;
+    let mut dated = false;
+    for field in end_to_end(fields) {
+        if field.name.eq_ignore_ascii_case(b"content-length") || replaced(map, field.name) {
+            continue;
+        }
+        dated |= field.name.eq_ignore_ascii_case(b"date");
+        let start = offset(field.line);
+        if field.line.ends_with(b"\r\n") {
+            if run.end != start {
+                out.extend_from_slice(&block[run]);
+                run = start..start;
+            }
+            run.end = start + field.line.len();
+        } else {
+            out.extend_from_slice(&block[run]);
+            run = 0..0;
+            put_field(out, field.name, field.value);
+        }
     }
+    out.extend_from_slice(&block[run]);
+    dated
+}
+
+/// Appends a `name: value` line.
+#[inline]
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether the handler's map has a field named `name` (any case), which replaces the
+/// upstream's. A look along the map's few names, not a lookup: a lookup parses and hashes.
+fn replaced(map: &http::HeaderMap, name: &[u8]) -> bool {
+    map.keys()
+        .any(|k| k.as_str().len() == name.len() && name.eq_ignore_ascii_case(k.as_str().as_bytes()))
 }
 
 fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
@@ -874,6 +946,14 @@ mod tests {
         ]))
     }
 
+    fn how(head_only: bool, version: Version) -> Answer {
+        Answer {
+            head_only,
+            version,
+            keep_alive: true,
+        }
+    }
+
     async fn written<B>(resp: Response<B>, head_only: bool, version: Version) -> (String, bool)
     where
         B: Body<Data = Bytes>,
@@ -881,7 +961,7 @@ mod tests {
     {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         let mut out = Vec::new();
-        let keep = write_answer(&mut server, &mut out, resp, head_only, version, true)
+        let keep = write_answer(&mut server, &mut out, resp, None, how(head_only, version))
             .await
             .unwrap();
         drop(server);
@@ -916,7 +996,8 @@ mod tests {
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
         let (text, keep) = written(resp, true, Version::HTTP_11).await;
         assert!(keep);
-        assert!(text.ends_with("\r\ncontent-length: 42\r\n\r\n"), "{text}");
+        assert!(text.contains("\r\ncontent-length: 42\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
 
         // 204 and 304 carry no body and no framing.
         for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
@@ -939,6 +1020,58 @@ mod tests {
         assert_eq!(body.len(), 3 * WRITE_CHUNK);
     }
 
+    /// Writes `resp` with the fields of the upstream answer `head`.
+    async fn written_with(resp: Response<ResBody>, head: &[u8], head_only: bool) -> String {
+        let fields = RawFields::of_head(head, head_only).unwrap();
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        let mut out = Vec::new();
+        let how = how(head_only, Version::HTTP_11);
+        write_answer(&mut server, &mut out, resp, Some(fields), how)
+            .await
+            .unwrap();
+        drop(server);
+        rest(&mut client).await
+    }
+
+    #[tokio::test]
+    async fn upstream_fields_go_out_as_sent_less_hop_by_hop_and_replaced_ones() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Private\r\n\
+            X-Private: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 5, 5\r\n\
+            X-Request-Id: theirs\r\nSet-Cookie: a=1\r\nX-Lf:  bare \nset-cookie: b=2\r\n\
+            Date: Thu, 01 Jan 2026 00:00:00 GMT\r\nTE: gzip\r\n\r\n";
+        let mut resp = Response::new(ResBody::full(Bytes::from_static(b"hello")));
+        resp.headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("ours"));
+        let text = written_with(resp, head, false).await;
+        let (head_text, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(head_text.matches('\n').count(), head_text.matches("\r\n").count());
+        let mut lines: Vec<&str> = head_text.lines().collect();
+        assert_eq!(lines.remove(0), "HTTP/1.1 200 OK");
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "Date: Thu, 01 Jan 2026 00:00:00 GMT",
+                "Server: up",
+                "Set-Cookie: a=1",
+                "X-Lf: bare",
+                "content-length: 5",
+                "set-cookie: b=2",
+                "x-request-id: ours",
+            ],
+            "{text}"
+        );
+        assert_eq!(body, "hello");
+
+        // HEAD: the upstream's length is said, no body follows; a date is added when the
+        // upstream sent none.
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n";
+        let text = written_with(Response::new(ResBody::empty()), head, true).await;
+        assert!(text.contains("\r\ncontent-length: 42\r\n"), "{text}");
+        assert!(text.contains("\r\ndate: "), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
+
     #[tokio::test]
     async fn a_length_field_that_is_not_one_number_is_replaced() {
         let mut resp = Response::new(ResBody::full(Bytes::from_static(b"hello")));
@@ -958,8 +1091,8 @@ mod tests {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static(declared));
             let (_client, mut server) = tokio::io::duplex(1 << 20);
             let mut out = Vec::new();
-            let result =
-                write_answer(&mut server, &mut out, resp, false, Version::HTTP_11, true).await;
+            let how = how(false, Version::HTTP_11);
+            let result = write_answer(&mut server, &mut out, resp, None, how).await;
             assert!(
                 matches!(result, Err(ConnError::LengthMismatch)),
                 "{declared}"

@@ -159,7 +159,11 @@ pub async fn serve<M, S, F>(
             // future twice (captured, then moved to be awaited), and hyper moves the whole
             // request future into place once per request.
             inner(req.map(InBody::Hyper)).map(move |answer| {
-                answer.map(|resp| resp.map(|body| Tracked { body, _open: open }))
+                answer.map(|mut resp| {
+                    // hyper writes the map alone.
+                    crate::proxy::headers::materialize(&mut resp);
+                    resp.map(|body| Tracked { body, _open: open })
+                })
             })
         });
         let builder = protocols.hyper.clone();

@@ -158,11 +158,79 @@ async fn hop_by_hop_and_owned_headers_are_removed_both_ways() {
     assert_eq!(seen["x-auth-method"], "anonymous");
     // Naming X-Forwarded-For in Connection cannot strip the one the gateway sets.
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
-    // Upstream hop-by-hop response headers are removed too.
-    assert!(!ans.headers.contains_key("x-upstream-private"));
-    assert!(!ans.headers.contains_key("keep-alive"));
-    assert!(!ans.headers.contains_key("proxy-authenticate"));
-    assert_eq!(ans.headers["x-upstream-public"], "yes");
+    upstream_fields_passed_on(&ans.headers);
+}
+
+/// The answer's fields as the test upstream sent them for `?hop=1`, less its hop-by-hop
+/// fields, with the gateway's `X-Request-Id` in place of the upstream's.
+fn upstream_fields_passed_on(headers: &http::HeaderMap) {
+    assert!(!headers.contains_key("x-upstream-private"), "{headers:?}");
+    assert!(!headers.contains_key("keep-alive"), "{headers:?}");
+    assert!(!headers.contains_key("proxy-authenticate"), "{headers:?}");
+    assert!(!headers.contains_key("connection"), "{headers:?}");
+    assert_eq!(headers["x-upstream-public"], "yes", "{headers:?}");
+    assert_eq!(headers["content-type"], "application/json");
+    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "{headers:?}");
+    let ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1, "{headers:?}");
+    assert_ne!(ids[0], "upstream-made");
+    assert_eq!(headers.get_all("date").iter().count(), 1, "{headers:?}");
+    assert!(headers.contains_key("ratelimit"), "{headers:?}");
+}
+
+/// Answers the gateway's own HTTP/1.1 loop writes and answers hyper writes (HTTP/2, and an
+/// HTTP/1.1 connection hyper took over after a request with a body) carry the same fields.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_fields_reach_clients_of_every_connection_kind() {
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = upstream::named("up").await;
+    let gw = Gateway::start(&format!(
+        "routes:\n{}",
+        support::route("all", "/", &format!("\"http://{up}\""))
+    ));
+    let url = format!("http://app.test:{}/f?hop=1", gw.addr.port());
+
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(&url)
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    upstream_fields_passed_on(resp.headers());
+
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let post = http::Request::post("/f")
+        .header("host", "app.test")
+        .body(Full::new(bytes::Bytes::from_static(b"a body")))
+        .unwrap();
+    let resp = h1.send_request(post).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    // Same connection, now hyper's: a body-less request after the one with a body.
+    let get = http::Request::get("/f?hop=1")
+        .header("host", "app.test")
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    h1.ready().await.unwrap();
+    let resp = h1.send_request(get).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    upstream_fields_passed_on(resp.headers());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["path"], "/f");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -78,7 +78,10 @@ async fn answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .header("x-upstream-private", "secret")
             .header("keep-alive", "timeout=5")
             .header("proxy-authenticate", "Basic")
-            .header("x-upstream-public", "yes");
+            .header("x-upstream-public", "yes")
+            .header("x-request-id", "upstream-made")
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2");
     }
     resp.body(Full::new(Bytes::from(doc.to_string()))).unwrap()
 }

@@ -121,49 +121,66 @@ pub fn forward(
             };
             let err = match sent {
                 Ok(resp) => return Ok(resp),
-                Err(PoolError::TimedOut) => {
-                    metrics.upstream_error(UpstreamErrorKind::timeout);
-                    return Err(ApiError::UpstreamTimeout(set.timeout));
-                }
-                Err(e) => e,
+                Err(err) => err,
             };
-            if let PoolError::Request(e) = &err
-                && let Some(limit) = is_body_too_large(e)
-            {
-                return Err(ApiError::BodyTooLarge { limit });
+            let refused = failed(shared, set, metrics, i, err)?;
+            if tried.is_none() && set.targets.len() > 1 && body_unread(&out) {
+                tried = Some(i);
+                continue;
             }
-            if err.is_connect() {
-                metrics.upstream_error(UpstreamErrorKind::connect);
-                let now = shared.now_ms();
-                let was_up = slot
-                    .down_until_ms
-                    .swap(now + FAIL_TIMEOUT.as_millis() as u64, Ordering::Relaxed)
-                    <= now;
-                // Log the transition only: with every target down, each request retries the connect
-                // and a line per request would flood the log during an outage (the access log and
-                // `upstream_errors_total` still count every failure).
-                if was_up {
-                    tracing::warn!(
-                        target: "gatehouse::upstream",
-                        upstream = %slot.target.authority,
-                        error = %err,
-                        "connect failed; target marked down for {FAIL_TIMEOUT:?}"
-                    );
-                }
-                if tried.is_none() && set.targets.len() > 1 && body_unread(&out) {
-                    tried = Some(i);
-                    continue;
-                }
-                return Err(ApiError::UpstreamUnavailable(err.to_string()));
-            }
-            metrics.upstream_error(UpstreamErrorKind::protocol);
+            return Err(ApiError::UpstreamUnavailable(refused));
+        }
+    }
+}
+
+/// Counts and logs a failed attempt on target `i`, marking the target down if it refused
+/// the connection; `Ok` (with what happened) when another target may be tried (a failed
+/// connect), else the request's error. Out of line and cold: it (with its log lines) sat inside the proxy
+/// path's poll function, between the instructions every request runs.
+#[cold]
+#[inline(never)]
+fn failed(
+    shared: &Shared,
+    set: &UpstreamSet,
+    metrics: &RouteMetrics,
+    i: usize,
+    err: PoolError,
+) -> Result<String, ApiError> {
+    if let PoolError::TimedOut = err {
+        metrics.upstream_error(UpstreamErrorKind::timeout);
+        return Err(ApiError::UpstreamTimeout(set.timeout));
+    }
+    if let PoolError::Request(e) = &err
+        && let Some(limit) = is_body_too_large(e)
+    {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let Some(slot) = set.targets.get(i) else {
+        return Err(ApiError::UpstreamUnavailable(err.to_string()));
+    };
+    if err.is_connect() {
+        metrics.upstream_error(UpstreamErrorKind::connect);
+        let now = shared.now_ms();
+        let was_up = slot
+            .down_until_ms
+            .swap(now + FAIL_TIMEOUT.as_millis() as u64, Ordering::Relaxed)
+            <= now;
+        if was_up {
             tracing::warn!(
                 target: "gatehouse::upstream",
                 upstream = %slot.target.authority,
-                error = ?err,
-                "upstream request failed"
+                error = %err,
+                "connect failed; target marked down for {FAIL_TIMEOUT:?}"
             );
-            return Err(ApiError::UpstreamUnavailable(err.to_string()));
         }
+        return Ok(err.to_string());
     }
+    metrics.upstream_error(UpstreamErrorKind::protocol);
+    tracing::warn!(
+        target: "gatehouse::upstream",
+        upstream = %slot.target.authority,
+        error = ?err,
+        "upstream request failed"
+    );
+    Err(ApiError::UpstreamUnavailable(err.to_string()))
 }

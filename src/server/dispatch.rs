@@ -2,6 +2,7 @@
 //! request to the gateway's own endpoints or to the router and proxy, then render any error
 //! once, add `X-Request-Id`, record metrics and write the access log line.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,7 +73,7 @@ pub fn handle(
     snapshot: Arc<Snapshot>,
     conn: ConnInfo,
     req: Request<InBody>,
-) -> impl Future<Output = Response<ResBody>> {
+) -> impl Future<Output = Result<Response<ResBody>, Infallible>> {
     // Not an `async fn`: that would keep its by-value arguments twice in the future (as
     // captured and as moved-in locals), and this future is copied once per request.
     async move {
@@ -145,7 +146,9 @@ pub fn handle(
                 code,
             });
         }
-        resp
+        // `Result` for the listeners' service type, here rather than in a combinator around
+        // this future, which would be one more copy of it per request.
+        Ok(resp)
     }
 }
 
@@ -194,15 +197,17 @@ fn route_and_serve(
         // await of an unboxed child future moves that child into its parent; with the proxy
         // path inline, each such move copied KiBs (memmove was the largest single item in the
         // proxy path's profile). One allocation is cheaper than those copies.
-        Box::pin(proxy::handle(
-            shared,
-            accounts.authenticator(),
-            snapshot,
-            ctx,
-            route,
-            path,
-            req,
-        ))
+        super::boxed_in_place(|| {
+            proxy::handle(
+                shared,
+                accounts.authenticator(),
+                snapshot,
+                ctx,
+                route,
+                path,
+                req,
+            )
+        })
         .await
     }
 }

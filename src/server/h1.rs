@@ -167,7 +167,7 @@ where
         let open = Open::start(activity);
         // Boxed: the request's future is KiBs, and every move of it by value (into `answer`,
         // then into that future's own state) is a copy into the connection's cold memory.
-        let fut = Box::pin(service(req));
+        let fut = super::boxed_in_place(|| service(req));
         let Some(Ok(resp)) = answer(fut, &mut io, &mut buf, limits.max_head).await else {
             // The client hung up: the request is dropped, as hyper drops it.
             return Ok(());
@@ -1044,7 +1044,10 @@ mod tests {
             .insert("x-request-id", HeaderValue::from_static("ours"));
         let text = written_with(resp, head, false).await;
         let (head_text, body) = text.split_once("\r\n\r\n").unwrap();
-        assert_eq!(head_text.matches('\n').count(), head_text.matches("\r\n").count());
+        assert_eq!(
+            head_text.matches('\n').count(),
+            head_text.matches("\r\n").count()
+        );
         let mut lines: Vec<&str> = head_text.lines().collect();
         assert_eq!(lines.remove(0), "HTTP/1.1 200 OK");
         lines.sort_unstable();

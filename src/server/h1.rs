@@ -174,14 +174,17 @@ where
         };
         // A drain lets the request in flight finish, then closes (`connection: close`).
         let keep_alive = head.keep_alive && !draining.has_changed().unwrap_or(true);
-        let mut resp = resp;
-        let upstream = resp.body_mut().take_upstream_fields();
+        let (parts, mut body) = resp.into_parts();
+        let upstream = body.take_upstream_fields();
         let answer = Answer {
             head_only,
             version: head.version,
             keep_alive,
         };
-        let keep_alive = write_answer(&mut io, &mut out, resp, upstream, answer).await?;
+        // `write_answer` in two steps, so that only the body is moved into a future.
+        let (framing, keep_alive) =
+            put_head(&mut out, parts, body.size_hint().exact(), upstream, answer);
+        let keep_alive = send_body(&mut io, &mut out, body, framing, keep_alive).await?;
         drop(open);
         if !keep_alive {
             let _ = io.shutdown().await;
@@ -381,15 +384,30 @@ async fn write_answer<T, B>(
 ) -> Result<bool, ConnError>
 where
     T: AsyncWrite + Unpin,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin,
     BodyError: From<B::Error>,
 {
+    let (parts, body) = resp.into_parts();
+    let (framing, keep_alive) = put_head(out, parts, body.size_hint().exact(), upstream, answer);
+    send_body(io, out, body, framing, keep_alive).await
+}
+
+/// The answer's head into `out`: how its body is framed (`None`: it has none) and whether
+/// the connection stays open. Not part of the async writer: every by-value argument of an
+/// `async fn` is another copy in its future, which the connection's future holds and which
+/// is created (copied) once per answer.
+fn put_head(
+    out: &mut Vec<u8>,
+    parts: http::response::Parts,
+    body_length: Option<u64>,
+    upstream: Option<RawFields>,
+    answer: Answer,
+) -> (Option<Framing>, bool) {
     let Answer {
         head_only,
         version,
         mut keep_alive,
     } = answer;
-    let (parts, body) = resp.into_parts();
     let status = parts.status;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -413,7 +431,7 @@ where
     };
     // A field the handler set but that is not one length ("5, 5") is replaced by ours.
     let mut own_length = false;
-    let framing = match (declared, upstream_length, body.size_hint().exact()) {
+    let framing = match (declared, upstream_length, body_length) {
         (Some(n), _, _) => Framing::Length(n),
         // Said even without a body: a `HEAD` answer's length is the `GET` one's.
         (None, Some(n), _) => {
@@ -464,21 +482,38 @@ where
     }
     out.extend_from_slice(b"\r\n");
     drop(parts);
-    if bodiless {
+    (if bodiless { None } else { Some(framing) }, keep_alive)
+}
+
+/// Writes what `put_head` left in `out` and the body after it, framed by `framing`.
+async fn send_body<T, B>(
+    io: &mut T,
+    out: &mut Vec<u8>,
+    body: B,
+    framing: Option<Framing>,
+    mut keep_alive: bool,
+) -> Result<bool, ConnError>
+where
+    T: AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    BodyError: From<B::Error>,
+{
+    let Some(framing) = framing else {
         io.write_all(out).await?;
         return Ok(keep_alive);
-    }
-
-    let mut body = pin!(body);
+    };
+    // Polled through `Pin::new` (answer bodies are `Unpin`): `pin!` would move it into a
+    // second slot of this future.
+    let mut body = body;
     let mut sent = 0u64;
     let mut trailers = None;
     loop {
         // Everything gathered goes out before waiting for more of the body.
-        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 flush(io, out).await?;
-                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
             }
         };
         let frame: Frame<Bytes> = match frame {
@@ -956,7 +991,7 @@ mod tests {
 
     async fn written<B>(resp: Response<B>, head_only: bool, version: Version) -> (String, bool)
     where
-        B: Body<Data = Bytes>,
+        B: Body<Data = Bytes> + Unpin,
         BodyError: From<B::Error>,
     {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);

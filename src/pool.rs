@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -276,7 +277,7 @@ impl Pool {
             let (parts, _empty) = req.into_parts();
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let mut resp = self
-                .send_bodyless(&parts.method, target, &parts.headers, None)
+                .send_bodyless(&parts.method, target, &parts.headers, &[], None)
                 .await?;
             if let Some(fields) = resp.body_mut().take_fields() {
                 *resp.headers_mut() = fields.to_map();
@@ -289,7 +290,7 @@ impl Pool {
     }
 
     /// Sends a request without a body and not asking for an upgrade: `target` in origin form,
-    /// `headers` with `Host`; [`PoolError::TimedOut`] when the answer's head has not come by
+    /// `headers` with `Host`, then `added`; [`PoolError::TimedOut`] when the answer's head has not come by
     /// `deadline` (connecting included). Borrowed, not a `Request`: the proxy path's future
     /// holds this one's, and every value moved into it was another copy to carry and move
     /// along. The answer's header fields are left as they came, in the body
@@ -299,10 +300,12 @@ impl Pool {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        added: &[(HeaderName, HeaderValue)],
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        let fields = h1::Fields { headers, added };
         while let Some(mut conn) = self.checkout_own() {
-            match conn.exchange(method, target, headers, deadline).await {
+            match conn.exchange(method, target, fields, deadline).await {
                 Ok(head) => return Ok(self.wrap_own(head, conn)),
                 // Closed while idle, before the request reached the upstream, most likely; the
                 // upstream may still have seen it, so only an idempotent request goes again.
@@ -320,7 +323,7 @@ impl Pool {
             None => open.await?,
         };
         let mut conn = h1::Conn::new(stream);
-        let head = conn.exchange(method, target, headers, deadline).await?;
+        let head = conn.exchange(method, target, fields, deadline).await?;
         Ok(self.wrap_own(head, conn))
     }
 

@@ -106,9 +106,14 @@ impl Principal {
     /// Sets the identity headers (`X-Auth-Method`, `X-User-*`, `X-Auth-Key-Id`,
     /// `X-Auth-Session-Id`); the caller has deleted any client-sent ones first.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        for (name, value) in self.rendered.0.get_or_init(|| self.render()) {
+        for (name, value) in self.identity_fields() {
             headers.insert(name.clone(), value.clone());
         }
+    }
+
+    /// The identity headers as (name, value) pairs, rendered once per principal.
+    pub fn identity_fields(&self) -> &[(HeaderName, HeaderValue)] {
+        self.rendered.0.get_or_init(|| self.render())
     }
 
     fn render(&self) -> Vec<(HeaderName, HeaderValue)> {

@@ -125,6 +125,14 @@ enum Framing {
     Close,
 }
 
+/// A request's header fields: the map, then fields added after it (which the map does not
+/// hold; see `proxy::headers::Added`).
+#[derive(Clone, Copy)]
+pub struct Fields<'a> {
+    pub headers: &'a HeaderMap,
+    pub added: &'a [(HeaderName, HeaderValue)],
+}
+
 /// A parsed response head and what it says about the body and the connection.
 pub struct Head {
     pub status: StatusCode,
@@ -297,16 +305,16 @@ impl Conn {
 
     /// Sends a body-less request and reads the answer's head, failing with
     /// [`H1Error::TimedOut`] if it has not come by `deadline`. `target` is the origin-form
-    /// path and query; `headers` go out as given (the caller has set `Host`).
+    /// path and query; `fields` go out as given (the caller has set `Host`).
     pub async fn exchange(
         &mut self,
         method: &Method,
         target: &str,
-        headers: &HeaderMap,
+        fields: Fields<'_>,
         deadline: Option<Instant>,
     ) -> Result<Head, H1Error> {
         let Some(deadline) = deadline else {
-            return self.send_and_read(method, target, headers).await;
+            return self.send_and_read(method, target, fields).await;
         };
         let mut timer = match self.timer.take() {
             Some(mut timer) => {
@@ -316,7 +324,7 @@ impl Conn {
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
         let result = {
-            let mut exchange = std::pin::pin!(self.send_and_read(method, target, headers));
+            let mut exchange = std::pin::pin!(self.send_and_read(method, target, fields));
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
                     return Poll::Ready(result);
@@ -333,7 +341,7 @@ impl Conn {
         &mut self,
         method: &Method,
         target: &str,
-        headers: &HeaderMap,
+        fields: Fields<'_>,
     ) -> Result<Head, H1Error> {
         // The target is a plain string here (the proxy path's comes from a URI hyper parsed);
         // a space or control byte would let it split the request line, so it is checked.
@@ -342,7 +350,7 @@ impl Conn {
         }
         match &mut self.io {
             Io::Tcp(_, wire) => {
-                let leader = wire.queue(|out| encode(out, method, target, headers));
+                let leader = wire.queue(|out| encode(out, method, target, fields));
                 if let Some(leader) = leader {
                     // The burst leaves once the event loop has polled every task it had
                     // ready, so it carries the heads of all of them (written at once instead,
@@ -352,7 +360,7 @@ impl Conn {
                 }
             }
             Io::Tls(tls, head) => {
-                encode(head, method, target, headers);
+                encode(head, method, target, fields);
                 // Deferred like a burst, though written by this task alone: TLS writes go
                 // through the session state this task owns.
                 tokio::task::yield_now().await;
@@ -418,13 +426,14 @@ fn closed_or(e: io::Error) -> H1Error {
 
 /// The request head in HTTP/1.1 wire form. Names and values come from `http` types, which
 /// admit no CR, LF or NUL, and the target was checked: nothing can be injected.
-fn encode(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+fn encode(out: &mut Vec<u8>, method: &Method, target: &str, fields: Fields<'_>) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    let added = fields.added.iter().map(|(name, value)| (name, value));
+    for (name, value) in fields.headers.iter().chain(added) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

@@ -325,13 +325,13 @@ async fn a_target_that_would_split_the_request_line_is_refused() {
     let headers = http::HeaderMap::new();
     for target in ["/a b", "/a\r\nX-Injected: 1", ""] {
         let err = pool
-            .send_bodyless(&Method::GET, target, &headers, None)
+            .send_bodyless(&Method::GET, target, &headers, &[], None)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not valid"), "{target:?}: {err}");
     }
     assert!(
-        pool.send_bodyless(&Method::GET, "/a?b=c", &headers, None)
+        pool.send_bodyless(&Method::GET, "/a?b=c", &headers, &[], None)
             .await
             .is_ok()
     );
@@ -438,7 +438,7 @@ async fn a_head_larger_than_the_socket_buffer_is_finished_by_its_task() {
     for _ in 0..2 {
         let resp = tokio::time::timeout(
             Duration::from_secs(20),
-            pool.send_bodyless(&Method::GET, "/", &headers, None),
+            pool.send_bodyless(&Method::GET, "/", &headers, &[], None),
         )
         .await
         .expect("answered")
@@ -462,7 +462,7 @@ async fn a_request_cancelled_before_the_burst_is_never_sent() {
         // Polled once: queued on the pooled connection and waiting for the burst; then the
         // client goes away.
         let mut send =
-            std::pin::pin!(pool.send_bodyless(&Method::DELETE, "/cancelled", &headers, None));
+            std::pin::pin!(pool.send_bodyless(&Method::DELETE, "/cancelled", &headers, &[], None));
         let polled = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
         assert!(polled.is_pending());
     }
@@ -511,7 +511,7 @@ async fn within(pool: &Arc<Pool>, within: Duration) -> Result<StatusCode, PoolEr
     headers.insert(header::HOST, HeaderValue::from_static("upstream.test"));
     let deadline = tokio::time::Instant::now() + within;
     let resp = pool
-        .send_bodyless(&Method::GET, "/", &headers, Some(deadline))
+        .send_bodyless(&Method::GET, "/", &headers, &[], Some(deadline))
         .await?;
     let status = resp.status();
     resp.into_body().collect().await.unwrap();

@@ -210,9 +210,17 @@ pub fn remove_owned(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets the identity headers of `principal` (after [`remove_owned`]).
-pub fn inject_identity(headers: &mut HeaderMap, principal: &Principal) {
-    principal.write_headers(headers);
+/// Fields the gateway adds to the upstream request, written after the client's fields, which
+/// no longer hold any of these names (identity, `X-Forwarded-*`, `X-Request-Id`, the
+/// assertion). Why not inserted into the request's map: an insert hashes the name and probes
+/// (~200 instructions each, callgrind), and these only need to be written out
+/// ([`crate::pool::Pool::send_bodyless`] writes them after the map; a request that goes
+/// through hyper gets them inserted).
+pub type Added = Vec<(HeaderName, HeaderValue)>;
+
+/// Adds the identity headers of `principal` (after [`remove_owned`]).
+pub fn inject_identity(added: &mut Added, principal: &Principal) {
+    added.extend(principal.identity_fields().iter().cloned());
 }
 
 /// `ip` as a header value. The gateway renders its peer's address once per connection
@@ -234,10 +242,47 @@ pub struct ClientConn<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
+/// Which of the fields [`set_forwarded`] sets the client sent itself.
+#[derive(Default)]
+struct Sent {
+    xff: bool,
+    proto: bool,
+    host: bool,
+    forwarded: bool,
+    request_id: bool,
+}
+
+impl Sent {
+    /// One look along the names (most requests carry none of these), where a removal by name
+    /// costs a hash and a probe whether or not the name is there.
+    fn of(headers: &HeaderMap) -> Sent {
+        let mut sent = Sent::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "x-forwarded-for" => sent.xff = true,
+                "x-forwarded-proto" => sent.proto = true,
+                "x-forwarded-host" => sent.host = true,
+                "forwarded" => sent.forwarded = true,
+                "x-request-id" => sent.request_id = true,
+                _ => {}
+            }
+        }
+        sent
+    }
+}
+
 /// `X-Forwarded-For/Proto/Host`: a trusted proxy's values are kept (XFF extended with the
-/// peer); anyone else's are replaced, so a client cannot forge its address.
-pub fn set_forwarded(headers: &mut HeaderMap, conn: &ClientConn<'_>) {
-    let xff = if conn.trusted {
+/// peer); anyone else's are replaced, so a client cannot forge its address. And `X-Request-Id`
+/// (the client's when it sent a valid one, see the dispatcher). Replaced fields leave
+/// `headers`; the gateway's values go to `added`.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    conn: &ClientConn<'_>,
+    request_id: &HeaderValue,
+    added: &mut Added,
+) {
+    let sent = Sent::of(headers);
+    let xff = if conn.trusted && sent.xff {
         let previous: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -250,28 +295,38 @@ pub fn set_forwarded(headers: &mut HeaderMap, conn: &ClientConn<'_>) {
             HeaderValue::from_str(&format!("{}, {}", previous.join(", "), peer)).ok()
         }
     } else {
-        headers.remove(header::FORWARDED);
         Some(conn.ip.clone())
     };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    if !conn.trusted && sent.forwarded {
+        headers.remove(header::FORWARDED);
     }
-    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(
+    if let Some(v) = xff {
+        if sent.xff {
+            headers.remove(&X_FORWARDED_FOR);
+        }
+        added.push((X_FORWARDED_FOR.clone(), v));
+    }
+    if !(conn.trusted && sent.proto) {
+        if sent.proto {
+            headers.remove(&X_FORWARDED_PROTO);
+        }
+        added.push((
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(conn.scheme),
-        );
+        ));
     }
-    if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match conn.host {
-            Some(h) => {
-                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+    if !(conn.trusted && sent.host) {
+        if sent.host {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        if let Some(h) = conn.host {
+            added.push((X_FORWARDED_HOST.clone(), h.clone()));
         }
     }
+    if sent.request_id {
+        headers.remove(&X_REQUEST_ID);
+    }
+    added.push((X_REQUEST_ID.clone(), request_id.clone()));
 }
 
 #[cfg(test)]
@@ -344,9 +399,23 @@ mod tests {
         ]);
         remove_owned(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
-        inject_identity(&mut h, &Principal::anonymous());
+        let mut added = Added::new();
+        inject_identity(&mut added, &Principal::anonymous());
+        let h = sent(h, added);
         assert_eq!(h["x-auth-method"], "anonymous");
         assert!(!h.contains_key("x-user-id"));
+    }
+
+    /// The fields as they go upstream: the map's, then the added ones (appended, so a name
+    /// left in the map that was also added shows as two values).
+    fn sent(mut h: HeaderMap, added: Added) -> HeaderMap {
+        for (name, value) in added {
+            h.append(name, value);
+        }
+        for name in h.keys() {
+            assert_eq!(h.get_all(name).iter().count(), 1, "{name} twice: {h:?}");
+        }
+        h
     }
 
     #[test]
@@ -359,27 +428,50 @@ mod tests {
             scheme: "http",
             host: Some(&host),
         };
+        let id = HeaderValue::from_static("req-1");
         let mut h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "forged"),
             ("forwarded", "for=1.2.3.4"),
+            ("x-request-id", "theirs"),
         ]);
-        set_forwarded(&mut h, &conn(false));
+        let mut added = Added::new();
+        set_forwarded(&mut h, &conn(false), &id, &mut added);
+        let h = sent(h, added);
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["x-request-id"], "req-1");
         assert!(!h.contains_key("forwarded"));
 
         let mut h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-for", "5.6.7.8"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.2.3.4"),
         ]);
-        set_forwarded(&mut h, &conn(true));
+        let mut added = Added::new();
+        set_forwarded(&mut h, &conn(true), &id, &mut added);
+        let h = sent(h, added);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["forwarded"], "for=1.2.3.4");
+
+        // Nothing sent: every field is the gateway's.
+        let mut added = Added::new();
+        set_forwarded(&mut HeaderMap::new(), &conn(true), &id, &mut added);
+        let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-request-id"
+            ]
+        );
     }
 
     #[test]

@@ -105,7 +105,8 @@ pub fn handle(
         if !route.config.forward_credentials {
             remove_credentials(&mut hdrs, snapshot);
         }
-        headers::inject_identity(&mut hdrs, &principal);
+        let mut added = headers::Added::with_capacity(8);
+        headers::inject_identity(&mut added, &principal);
         if route.config.identity_assertion
             && let Some(token) = Box::pin(auth.assertion(
                 &principal,
@@ -117,7 +118,7 @@ pub fn handle(
             .map_err(|e| ApiError::Internal(format!("signing the identity assertion: {e}")))?
             && let Ok(v) = HeaderValue::from_str(&token)
         {
-            hdrs.insert(headers::X_GATEHOUSE_ASSERTION.clone(), v);
+            added.push((headers::X_GATEHOUSE_ASSERTION.clone(), v));
         }
         if !hdrs.contains_key(header::HOST) {
             // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.
@@ -144,8 +145,9 @@ pub fn handle(
                 scheme: ctx.scheme,
                 host: host.as_ref(),
             },
+            &ctx.request_id,
+            &mut added,
         );
-        hdrs.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
         if let Some(proto) = &upgrade {
             hdrs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             hdrs.insert(header::UPGRADE, proto.clone());
@@ -156,6 +158,7 @@ pub fn handle(
             method: parts.method,
             path_and_query,
             headers: hdrs,
+            added,
             // No slot (an allocation) for the common body-less request.
             body: (!body_empty).then(|| Arc::new(Mutex::new(Some(body)))),
             body_empty,

@@ -27,6 +27,8 @@ pub struct Outgoing {
     pub path_and_query: String,
     /// Moved into the first attempt; copied only for routes with several targets.
     pub headers: HeaderMap,
+    /// The gateway's fields, sent after `headers` ([`super::headers::Added`]).
+    pub added: super::headers::Added,
     pub body: Option<BodySlot>,
     pub body_empty: bool,
     pub max_body: Option<u64>,
@@ -60,6 +62,9 @@ fn build(out: &Outgoing, headers: HeaderMap, body: ReqBody) -> Result<Request<Re
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
+    for (name, value) in &out.added {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
     Ok(req)
 }
 
@@ -111,7 +116,13 @@ pub fn forward(
             let sent = if pool::bodyless(out.body_empty, &these) {
                 // The pool keeps the deadline itself: one timer per connection, not per request.
                 slot.pool
-                    .send_bodyless(&out.method, &out.path_and_query, &these, Some(deadline))
+                    .send_bodyless(
+                        &out.method,
+                        &out.path_and_query,
+                        &these,
+                        &out.added,
+                        Some(deadline),
+                    )
                     .await
             } else {
                 let req = build(&out, these, body_for(&out))?;

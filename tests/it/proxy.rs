@@ -218,7 +218,14 @@ async fn upstream_fields_reach_clients_of_every_connection_kind() {
         .unwrap();
     let resp = h1.send_request(post).await.unwrap();
     assert_eq!(resp.status(), 200);
-    resp.into_body().collect().await.unwrap();
+    // A request with a body goes through hyper's client: the gateway's fields reach it too.
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let seen = &serde_json::from_slice::<serde_json::Value>(&body).unwrap()["headers"];
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
+    assert_eq!(seen["x-forwarded-host"], "app.test", "{seen}");
+    assert_eq!(seen["x-auth-method"], "anonymous", "{seen}");
+    assert_eq!(seen["x-request-id"].as_str().map(str::len), Some(32), "{seen}");
     // Same connection, now hyper's: a body-less request after the one with a body.
     let get = http::Request::get("/f?hop=1")
         .header("host", "app.test")

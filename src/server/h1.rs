@@ -336,9 +336,9 @@ fn request(bytes: &Bytes, head: &Head, fields: &[Field]) -> Result<Request<InBod
     let method = Method::from_bytes(&bytes[head.method.clone()]).map_err(|_| bad("method"))?;
     let uri =
         Uri::from_maybe_shared(bytes.slice(head.target.clone())).map_err(|_| bad("target"))?;
-    // Room for the fields the proxy adds (`X-Forwarded-*`, `X-Request-Id`, identity): a map
-    // that grows rehashes and copies everything once more.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 8);
+    // Room for a `Host` the proxy adds to a request without one (its other fields go after
+    // the map, `proxy::headers::Added`): a map that grows rehashes and copies everything.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 1);
     for f in fields {
         let name = HeaderName::from_bytes(&bytes[f.name.clone()]).map_err(|_| bad("header"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(f.value.clone()))

@@ -50,6 +50,19 @@ impl ResBody {
             ResBody::Full(_) => None,
         }
     }
+
+    /// Sets a gateway field beside an upstream answer's fields that are still bytes; gives it
+    /// back otherwise, for the response's map ([`crate::pool::PooledBody::add_field`]).
+    pub fn add_field(
+        &mut self,
+        name: http::HeaderName,
+        value: http::HeaderValue,
+    ) -> Option<(http::HeaderName, http::HeaderValue)> {
+        match self {
+            ResBody::Upstream(b) => b.add_field(name, value),
+            ResBody::Full(_) => Some((name, value)),
+        }
+    }
 }
 
 impl Body for ResBody {

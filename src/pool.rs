@@ -417,6 +417,25 @@ enum Inner {
 }
 
 impl PooledBody {
+    /// Sets a gateway field on an answer whose fields are still bytes; gives it back when they
+    /// are not (hyper's answers, or taken), for the response's map.
+    pub fn add_field(
+        &mut self,
+        name: HeaderName,
+        value: HeaderValue,
+    ) -> Option<(HeaderName, HeaderValue)> {
+        match &mut self.inner {
+            Inner::Own {
+                fields: Some(fields),
+                ..
+            } => {
+                fields.add(name, value);
+                None
+            }
+            _ => Some((name, value)),
+        }
+    }
+
     /// The header fields of an answer read by the gateway's own exchange
     /// ([`Pool::send_bodyless`]), which are not in the response's map; `None` for hyper's
     /// answers, whose fields are, and once taken.

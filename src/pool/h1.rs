@@ -159,6 +159,10 @@ pub struct RawFields {
     /// Whether a `Connection` field names other fields (a token besides `close` and
     /// `keep-alive`).
     names_fields: bool,
+    /// Fields the gateway sets on the answer (`RateLimit`, `X-Request-Id`, ...), which replace
+    /// the upstream's of the same name: kept here rather than inserted into the response's
+    /// map, which for these few fields cost an allocation, a hash and a probe each.
+    added: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RawFields {
@@ -180,7 +184,25 @@ impl RawFields {
         self.names_fields
     }
 
-    /// All the fields in a map (values share the head's bytes).
+    /// The gateway's fields ([`RawFields::add`]).
+    pub fn added(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.added
+    }
+
+    /// Sets a gateway field (replacing one set before under the name).
+    pub fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        self.added.retain(|(n, _)| *n != name);
+        self.added.push((name, value));
+    }
+
+    /// Whether the gateway set a field named `name` (any case).
+    pub fn adds(&self, name: &[u8]) -> bool {
+        self.added.iter().any(|(n, _)| {
+            n.as_str().len() == name.len() && name.eq_ignore_ascii_case(n.as_str().as_bytes())
+        })
+    }
+
+    /// All the upstream's fields in a map (values share the head's bytes); not the added ones.
     pub fn to_map(&self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(RESPONSE_FIELDS);
         for field in self.iter() {
@@ -548,6 +570,7 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error> {
         // With a transfer coding as well, the length is not the body's (see `both` below).
         length: meta.length.filter(|_| meta.chunked.is_none()),
         names_fields: meta.names_fields,
+        added: Vec::new(),
     };
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;

@@ -152,10 +152,20 @@ fn named_in_connection(fields: &RawFields, name: &[u8]) -> bool {
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
 }
 
+/// Sets a field of the gateway's on an answer: beside the upstream's fields while they are
+/// still bytes (see [`RawFields::add`]), else in the map; either way it replaces the
+/// upstream's field of that name.
+pub fn set_answer_field(resp: &mut Response<ResBody>, name: HeaderName, value: HeaderValue) {
+    if let Some((name, value)) = resp.body_mut().add_field(name, value) {
+        resp.headers_mut().insert(name, value);
+    }
+}
+
 /// Puts the upstream fields an answer still carries as bytes ([`RawFields`]) into its map,
 /// for a writer that reads only the map (hyper's: HTTP/2, TLS, connections handed over).
 /// Hop-by-hop fields go as in the map path; the fields the gateway set meanwhile
-/// (`X-Request-Id`, `RateLimit`, ...) replace the upstream's of the same name.
+/// (`X-Request-Id`, `RateLimit`, ..., in the map or added to the fields) replace the
+/// upstream's of the same name.
 pub fn materialize(resp: &mut Response<ResBody>) {
     let Some(fields) = resp.body_mut().take_upstream_fields() else {
         return;
@@ -176,6 +186,9 @@ pub fn materialize(resp: &mut Response<ResBody>) {
                 }
             }
         }
+    }
+    for (name, value) in fields.added() {
+        map.insert(name.clone(), value.clone());
     }
     *resp.headers_mut() = map;
 }

@@ -187,8 +187,8 @@ pub fn handle(
         }
         let mut resp = resp.map(ResBody::Upstream);
         let (policy, state) = rate_headers;
-        resp.headers_mut().insert(RATELIMIT_POLICY.clone(), policy);
-        resp.headers_mut().insert(RATELIMIT.clone(), state);
+        headers::set_answer_field(&mut resp, RATELIMIT_POLICY.clone(), policy);
+        headers::set_answer_field(&mut resp, RATELIMIT.clone(), state);
         Ok(resp)
     }
 }

@@ -120,8 +120,11 @@ pub fn handle(
                 (err.into_response(), Some(code))
             }
         };
-        resp.headers_mut()
-            .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        crate::proxy::headers::set_answer_field(
+            &mut resp,
+            X_REQUEST_ID.clone(),
+            ctx.request_id.clone(),
+        );
 
         let status = resp.status().as_u16();
         let elapsed = started_at.elapsed();

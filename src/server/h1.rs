@@ -477,6 +477,9 @@ fn put_head(
     }) {
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    for (name, value) in upstream.iter().flat_map(|f| f.added()) {
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
     if !dated {
         date(out);
     }
@@ -597,7 +600,10 @@ fn put_upstream(out: &mut Vec<u8>, fields: &RawFields, map: &HeaderMap) -> bool 
     let mut run = 0..0;
     let mut dated = false;
     for field in end_to_end(fields) {
-        if field.name.eq_ignore_ascii_case(b"content-length") || replaced(map, field.name) {
+        if field.name.eq_ignore_ascii_case(b"content-length")
+            || replaced(map, field.name)
+            || fields.adds(field.name)
+        {
             continue;
         }
         dated |= field.name.eq_ignore_ascii_case(b"date");
@@ -1057,7 +1063,23 @@ mod tests {
 
     /// Writes `resp` with the fields of the upstream answer `head`.
     async fn written_with(resp: Response<ResBody>, head: &[u8], head_only: bool) -> String {
-        let fields = RawFields::of_head(head, head_only).unwrap();
+        written_adding(resp, head, head_only, &[]).await
+    }
+
+    /// As `written_with`, the gateway having added `added` to the upstream's fields.
+    async fn written_adding(
+        resp: Response<ResBody>,
+        head: &[u8],
+        head_only: bool,
+        added: &[(&'static str, &'static str)],
+    ) -> String {
+        let mut fields = RawFields::of_head(head, head_only).unwrap();
+        for (name, value) in added {
+            fields.add(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         let mut out = Vec::new();
         let how = how(head_only, Version::HTTP_11);
@@ -1100,6 +1122,18 @@ mod tests {
             "{text}"
         );
         assert_eq!(body, "hello");
+
+        // Fields added beside the upstream's replace theirs too, and come after them.
+        let head = b"HTTP/1.1 200 OK\r\nX-Request-Id: theirs\r\nRateLimit: theirs\r\n\
+            Content-Length: 2\r\n\r\n";
+        let resp = Response::new(ResBody::full(Bytes::from_static(b"ok")));
+        let added = [("x-request-id", "ours"), ("ratelimit", "r=1")];
+        let text = written_adding(resp, head, false, &added).await;
+        assert!(
+            text.contains("\r\nx-request-id: ours\r\nratelimit: r=1\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("theirs"), "{text}");
 
         // HEAD: the upstream's length is said, no body follows; a date is added when the
         // upstream sent none.

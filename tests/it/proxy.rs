@@ -225,7 +225,11 @@ async fn upstream_fields_reach_clients_of_every_connection_kind() {
     assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
     assert_eq!(seen["x-forwarded-host"], "app.test", "{seen}");
     assert_eq!(seen["x-auth-method"], "anonymous", "{seen}");
-    assert_eq!(seen["x-request-id"].as_str().map(str::len), Some(32), "{seen}");
+    assert_eq!(
+        seen["x-request-id"].as_str().map(str::len),
+        Some(32),
+        "{seen}"
+    );
     // Same connection, now hyper's: a body-less request after the one with a body.
     let get = http::Request::get("/f?hop=1")
         .header("host", "app.test")

@@ -39,11 +39,11 @@ use super::batch::Wire;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head (hyper's client: 100).
 const MAX_HEADERS: usize = 100;
-/// Header fields a response map ([`RawFields::to_map`]) has room for at least. The gateway
-/// adds its own to the answer (`RateLimit`, ...), and hyper's server connection keeps the map
-/// it sent as the next request's map, to which the proxy path adds `X-Forwarded-*`,
-/// `X-Request-Id` and identity fields: a map sized to the upstream's fields alone grew
-/// (rehashing every entry) twice per request.
+/// Header fields a response map ([`RawFields::to_map`]) has room for at least: the gateway
+/// adds its own to the answer (`RateLimit`, `X-Request-Id`), and hyper's server connection
+/// keeps the map it sent as its next request's map, into which a request with a body gets
+/// the gateway's request fields; a map sized to the upstream's fields alone grew (rehashing
+/// every entry) on the way.
 const RESPONSE_FIELDS: usize = 24;
 /// First read size of a connection; doubled while reads fill the buffer (large bodies), up to
 /// [`MAX_READ`], and back to this when the connection goes idle.
@@ -197,9 +197,10 @@ impl RawFields {
 
     /// Whether the gateway set a field named `name` (any case).
     pub fn adds(&self, name: &[u8]) -> bool {
-        self.added.iter().any(|(n, _)| {
-            n.as_str().len() == name.len() && name.eq_ignore_ascii_case(n.as_str().as_bytes())
-        })
+        // (`eq_ignore_ascii_case` compares the lengths first.)
+        self.added
+            .iter()
+            .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
     }
 
     /// All the upstream's fields in a map (values share the head's bytes); not the added ones.

@@ -146,8 +146,8 @@ pub fn forward(
 
 /// Counts and logs a failed attempt on target `i`, marking the target down if it refused
 /// the connection; `Ok` (with what happened) when another target may be tried (a failed
-/// connect), else the request's error. Out of line and cold: it (with its log lines) sat inside the proxy
-/// path's poll function, between the instructions every request runs.
+/// connect), else the request's error. Out of line and cold: it (with its log lines) sat
+/// inside the proxy path's poll function, between the instructions every request runs.
 #[cold]
 #[inline(never)]
 fn failed(
@@ -176,6 +176,9 @@ fn failed(
             .down_until_ms
             .swap(now + FAIL_TIMEOUT.as_millis() as u64, Ordering::Relaxed)
             <= now;
+        // Log the transition only: with every target down, each request retries the connect
+        // and a line per request would flood the log during an outage (the access log and
+        // `upstream_errors_total` still count every failure).
         if was_up {
             tracing::warn!(
                 target: "gatehouse::upstream",

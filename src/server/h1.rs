@@ -435,16 +435,20 @@ fn put_head(
         (Some(n), _, _) => Framing::Length(n),
         // Said even without a body: a `HEAD` answer's length is the `GET` one's.
         (None, Some(n), _) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            put_field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
             Framing::Length(n)
         }
         (None, None, Some(n)) => {
             if !bodiless {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                out.extend_from_slice(b"\r\n");
+                put_field(
+                    out,
+                    b"content-length",
+                    itoa::Buffer::new().format(n).as_bytes(),
+                );
                 own_length = true;
             }
             Framing::Length(n)
@@ -637,7 +641,7 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// upstream's. A look along the map's few names, not a lookup: a lookup parses and hashes.
 fn replaced(map: &http::HeaderMap, name: &[u8]) -> bool {
     map.keys()
-        .any(|k| k.as_str().len() == name.len() && name.eq_ignore_ascii_case(k.as_str().as_bytes()))
+        .any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()))
 }
 
 fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {

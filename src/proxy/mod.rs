@@ -82,8 +82,9 @@ pub fn handle(
         .await?;
         let rate_headers = rate_limit(ctx, route, &principal, req.headers(), snapshot).await?;
 
-        if let (Some(limit), Some(len)) = (route.config.max_body, content_length(req.headers()))
-            && len > limit
+        // The declared length is looked up only on routes with a limit.
+        if let Some(limit) = route.config.max_body
+            && content_length(req.headers()).is_some_and(|len| len > limit)
         {
             return Err(ApiError::BodyTooLarge { limit });
         }
@@ -120,23 +121,26 @@ pub fn handle(
         {
             added.push((headers::X_GATEHOUSE_ASSERTION.clone(), v));
         }
-        if !hdrs.contains_key(header::HOST) {
-            // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.
-            let host = authority
-                .as_ref()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .or_else(|| {
-                    route
-                        .upstream
-                        .targets
-                        .first()
-                        .and_then(|t| HeaderValue::from_str(t.target.authority.as_str()).ok())
-                });
-            if let Some(h) = host {
-                hdrs.insert(header::HOST, h);
+        // One lookup: the client's Host, or else the one put in.
+        let host = match hdrs.get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => {
+                // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.
+                let host =
+                    authority
+                        .as_ref()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                        .or_else(|| {
+                            route.upstream.targets.first().and_then(|t| {
+                                HeaderValue::from_str(t.target.authority.as_str()).ok()
+                            })
+                        });
+                if let Some(h) = &host {
+                    hdrs.insert(header::HOST, h.clone());
+                }
+                host
             }
-        }
-        let host = hdrs.get(header::HOST).cloned();
+        };
         headers::set_forwarded(
             &mut hdrs,
             &headers::ClientConn {

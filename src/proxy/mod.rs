@@ -122,7 +122,7 @@ pub fn handle(
             added.push((headers::X_GATEHOUSE_ASSERTION.clone(), v));
         }
         // One lookup: the client's Host, or else the one put in.
-        let host = match hdrs.get(header::HOST) {
+        let host = match headers::get(&hdrs, &header::HOST) {
             Some(h) => Some(h.clone()),
             None => {
                 // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.

@@ -80,9 +80,7 @@ pub fn handle(
         let _in_flight = InFlight::new(&shared);
         let started_at = Instant::now();
         let config = &snapshot.config;
-        let request_id = req
-            .headers()
-            .get(&X_REQUEST_ID)
+        let request_id = crate::proxy::headers::get(req.headers(), &X_REQUEST_ID)
             .filter(|v| telemetry::valid_request_id(v))
             .cloned()
             .unwrap_or_else(telemetry::new_request_id);
@@ -176,9 +174,7 @@ fn route_and_serve(
             // copied with) every proxied request's future.
             return Box::pin(endpoints::handle(accounts, snapshot, ctx, path, req)).await;
         }
-        let raw_host = req
-            .headers()
-            .get(header::HOST)
+        let raw_host = crate::proxy::headers::get(req.headers(), &header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .unwrap_or("");

@@ -464,6 +464,16 @@ fn put_head(
             Framing::Close
         }
     };
+    // A handler that says `close` gets it, as from hyper (its field is not copied: persistence
+    // is said once, below). The map is empty on the proxy path: no lookup there.
+    if keep_alive && !parts.headers.is_empty() {
+        keep_alive = !parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+    }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if version == Version::HTTP_10 {
@@ -1063,6 +1073,27 @@ mod tests {
             "{head}"
         );
         assert_eq!(body.len(), 3 * WRITE_CHUNK);
+    }
+
+    /// A handler's `Connection: close` closes the connection after the answer, said once.
+    #[tokio::test]
+    async fn a_handlers_close_is_kept() {
+        let mut resp = Response::new(ResBody::full(Bytes::from_static(b"bye")));
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, Close"),
+        );
+        let (text, keep) = written(resp, false, Version::HTTP_11).await;
+        assert!(!keep);
+        assert_eq!(text.matches("onnection:").count(), 1, "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+
+        let mut resp = Response::new(ResBody::full(Bytes::from_static(b"hi")));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let (text, keep) = written(resp, false, Version::HTTP_11).await;
+        assert!(keep, "{text}");
+        assert!(!text.contains("onnection:"), "{text}");
     }
 
     /// Writes `resp` with the fields of the upstream answer `head`.

@@ -291,9 +291,9 @@ impl Pool {
 
     /// Sends a request without a body and not asking for an upgrade: `target` in origin form,
     /// `headers` with `Host`, then `added`; [`PoolError::TimedOut`] when the answer's head
-    /// has not come by `deadline` (connecting included). Borrowed, not a `Request`: the proxy path's future
-    /// holds this one's, and every value moved into it was another copy to carry and move
-    /// along. The answer's header fields are left as they came, in the body
+    /// has not come by `deadline` (connecting included). Borrowed, not a `Request`: the proxy
+    /// path's future holds this one's, and every value moved into it was another copy to
+    /// carry and move along. The answer's header fields are left as they came, in the body
     /// ([`PooledBody::take_fields`]); the response's own map is empty.
     pub async fn send_bodyless(
         self: &Arc<Self>,

@@ -56,16 +56,19 @@ pub fn get<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue>
     }
 }
 
+/// Whether a `Connection` field of `headers` lists `token` (any case).
+pub fn connection_lists(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// Whether this request asks for a protocol upgrade (WebSocket) that must be passed through.
 pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = get(headers, &header::UPGRADE)?;
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| upgrade.clone())
+    connection_lists(headers, b"upgrade").then(|| upgrade.clone())
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`. `TE: trailers` survives

@@ -125,16 +125,7 @@ pub fn handle(
         let host = match headers::get(&hdrs, &header::HOST) {
             Some(h) => Some(h.clone()),
             None => {
-                // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need it as `Host`.
-                let host =
-                    authority
-                        .as_ref()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                        .or_else(|| {
-                            route.upstream.targets.first().and_then(|t| {
-                                HeaderValue::from_str(t.target.authority.as_str()).ok()
-                            })
-                        });
+                let host = host_for(authority.as_ref(), route);
                 if let Some(h) = &host {
                     hdrs.insert(header::HOST, h.clone());
                 }
@@ -273,6 +264,20 @@ fn remove_credentials(h: &mut http::HeaderMap, snapshot: &Snapshot) {
     if cookies {
         cookie::strip(h, &[&snapshot.session_cookie, &snapshot.csrf_cookie]);
     }
+}
+
+/// The `Host` of a request that came without one: HTTP/2 carries it in `:authority`, and
+/// HTTP/1.1 upstreams need the field; else the route's first target's.
+fn host_for(
+    authority: Option<&http::uri::Authority>,
+    route: &CompiledRoute,
+) -> Option<HeaderValue> {
+    authority
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| {
+            let target = route.upstream.targets.first()?;
+            HeaderValue::from_str(target.target.authority.as_str()).ok()
+        })
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {

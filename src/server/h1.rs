@@ -467,12 +467,7 @@ fn put_head(
     // A handler that says `close` gets it, as from hyper (its field is not copied: persistence
     // is said once, below). The map is empty on the proxy path: no lookup there.
     if keep_alive && !parts.headers.is_empty() {
-        keep_alive = !parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        keep_alive = !crate::proxy::headers::connection_lists(&parts.headers, b"close");
     }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");

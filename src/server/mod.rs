@@ -46,8 +46,6 @@ pub enum ServerError {
     Tls(String),
     #[error("mail: {0}")]
     Mail(String),
-    #[error("cannot watch the config file: {0}")]
-    Watch(#[from] notify::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
     #[error("listener address: {0}")]
@@ -181,9 +179,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let proxy_addr = gateway.proxy_addr().map_err(ServerError::Addr)?;
     let admin_addr = gateway.admin_addr().map_err(ServerError::Addr)?;
 
-    // File changes and SIGHUP feed one debounced reload loop.
+    // SIGHUP and a poll of the file feed one debounced reload loop.
     let (tick_tx, tick_rx) = mpsc::channel(1);
-    let watcher = reload::watch(&path, tick_tx.clone())?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
@@ -225,7 +222,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         serde_json::json!({"ready": true, "listen": proxy_addr.to_string(), "admin": admin_addr.to_string()})
     );
     gateway.serve(shutdown).await;
-    drop(watcher);
     tracing::info!(target: "gatehouse::server", "stopped");
     Ok(())
 }

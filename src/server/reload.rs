@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::accounts::Accounts;
@@ -73,51 +72,143 @@ pub fn reload(
     }
 }
 
-/// Watches the config file's directory (editors and Kubernetes ConfigMaps replace the file
-/// rather than write it in place) and sends a tick on `tx` for every change that concerns it,
-/// for as long as the returned watcher lives.
-pub fn watch(
-    path: &Path,
-    tx: mpsc::Sender<()>,
-) -> Result<notify::RecommendedWatcher, notify::Error> {
-    let file: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let name = file.file_name().map(|n| n.to_os_string());
-    let dir = file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(event) = res else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        // Kubernetes swaps a `..data` symlink; any change in the directory may concern us.
-        let concerns = event.paths.iter().any(|p| {
-            p.file_name().map(|n| n.to_os_string()) == name
-                || p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(".."))
-        });
-        if concerns {
-            let _ = tx.try_send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+/// How often the config file is read to see whether it changed.
+///
+/// A poll from the runtime rather than an inotify watcher: the watcher needs a thread of its
+/// own, and on one CPU the gateway serves from a single thread, which lets Linux skip taking
+/// a file reference on every socket call (a shared fd table makes it take one). Reading a
+/// config file of a few KiB once a second costs microseconds; editors and Kubernetes
+/// ConfigMaps (a swapped `..data` symlink) both show up as different bytes at the path.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Changes that do not settle within this many debounce periods are loaded as they are.
+const MAX_SETTLE_ROUNDS: u32 = 20;
+
+/// The bytes at `path` now, following symlinks; `None` while it cannot be read (a swap in
+/// progress or a deleted file: the running config keeps serving).
+fn read(path: &Path) -> Option<Vec<u8>> {
+    // Blocking, but a local read of a small file; tokio::fs would take a blocking-pool
+    // thread every second, which is what the poll is there to avoid.
+    std::fs::read(path).ok()
 }
 
-/// Debounces ticks from [`watch`] and SIGHUP into reloads until the channel closes.
+/// Whether the file at `path` holds something other than `seen`, once it has stopped
+/// changing (two reads [`DEBOUNCE`] apart agree: editors write in several steps).
+async fn changed(path: &Path, seen: Option<&[u8]>) -> bool {
+    let Some(mut now) = read(path) else {
+        return false;
+    };
+    if Some(now.as_slice()) == seen {
+        return false;
+    }
+    for _ in 0..MAX_SETTLE_ROUNDS {
+        tokio::time::sleep(DEBOUNCE).await;
+        match read(path) {
+            Some(again) if again == now => break,
+            Some(again) => now = again,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Reloads on SIGHUP (ticks on `hup`, debounced) and when the file's bytes change, until
+/// `hup` closes. A SIGHUP always reloads (templates may have changed); a change seen by the
+/// poll reloads once, also when a SIGHUP already loaded it.
 pub async fn run(
     shared: Arc<Shared>,
     accounts: Arc<Accounts>,
     live: LiveSnapshot,
     path: PathBuf,
-    mut ticks: mpsc::Receiver<()>,
+    mut hup: mpsc::Receiver<()>,
 ) {
-    while ticks.recv().await.is_some() {
-        tokio::time::sleep(DEBOUNCE).await;
-        while ticks.try_recv().is_ok() {}
+    let mut seen = read(&path);
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            tick = hup.recv() => {
+                if tick.is_none() {
+                    return;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            _ = poll.tick() => {
+                if !changed(&path, seen.as_deref()).await {
+                    continue;
+                }
+            }
+        }
+        while hup.try_recv().is_ok() {}
+        // Read before loading: a write landing in between is seen by the next poll.
+        seen = read(&path);
         let (s, a, l, p) = (shared.clone(), accounts.clone(), live.clone(), path.clone());
         // Reading the file and the templates is blocking I/O: keep it off the runtime threads.
         let _ = tokio::task::spawn_blocking(move || reload(&s, &a, &l, &p)).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_is_what_the_bytes_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, "routes: []\n").unwrap();
+        let seen = read(&path);
+        assert!(!changed(&path, seen.as_deref()).await, "unchanged");
+
+        // Same length, written within the file system's timestamp granularity: a check of
+        // size and mtime could miss it, the bytes do not.
+        std::fs::write(&path, "routes: {}\n").unwrap();
+        assert!(changed(&path, seen.as_deref()).await, "rewritten in place");
+        let seen = read(&path);
+        std::fs::write(&path, "routes: {}\n").unwrap();
+        assert!(!changed(&path, seen.as_deref()).await, "same bytes again");
+
+        // A ConfigMap-style swap: the path is a symlink whose target is replaced.
+        let data = dir.path().join("..data");
+        std::fs::create_dir(dir.path().join("v1")).unwrap();
+        std::fs::create_dir(dir.path().join("v2")).unwrap();
+        std::fs::write(dir.path().join("v1/gateway.yaml"), "a: 1\n").unwrap();
+        std::fs::write(dir.path().join("v2/gateway.yaml"), "a: 2\n").unwrap();
+        std::os::unix::fs::symlink("v1", &data).unwrap();
+        let linked = dir.path().join("linked.yaml");
+        std::os::unix::fs::symlink("..data/gateway.yaml", &linked).unwrap();
+        let seen = read(&linked);
+        assert_eq!(seen.as_deref(), Some(&b"a: 1\n"[..]));
+        let tmp = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink("v2", &tmp).unwrap();
+        std::fs::rename(&tmp, &data).unwrap();
+        assert!(changed(&linked, seen.as_deref()).await, "symlink swapped");
+
+        // Gone (mid-swap or deleted): nothing to load, the running config stays.
+        std::fs::remove_file(&path).unwrap();
+        assert!(!changed(&path, seen.as_deref()).await, "missing file");
+    }
+
+    #[tokio::test]
+    async fn a_file_still_being_written_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, "old\n").unwrap();
+        let seen = read(&path);
+        std::fs::write(&path, "ne").unwrap();
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DEBOUNCE / 2).await;
+                std::fs::write(&path, "new\n").unwrap();
+            })
+        };
+        let start = std::time::Instant::now();
+        assert!(changed(&path, seen.as_deref()).await);
+        writer.await.unwrap();
+        // The half-written state was seen, then the whole one twice in a row.
+        assert!(start.elapsed() >= DEBOUNCE * 2, "{:?}", start.elapsed());
     }
 }

@@ -150,7 +150,12 @@ pub const MAX_QUEUED: usize = 1024;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The threads that run argon2, at the lowest CPU priority (nice 19).
+/// A hashing thread with nothing to do for this long exits; the next job starts one again
+/// (tens of microseconds, against tens of milliseconds of argon2).
+const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The threads that run argon2, at the lowest CPU priority (nice 19), started when there is
+/// work and gone when there is none.
 ///
 /// Why not tokio's blocking pool: it grows to 512 threads, so 20 concurrent logins become 20
 /// threads at normal priority competing with the runtime's one or two, and proxied requests
@@ -158,66 +163,147 @@ type Job = Box<dyn FnOnce() + Send>;
 /// per core, and because the kernel gives a nice-19 thread about 1/70 of the CPU of a normal
 /// one when both want it, proxied traffic keeps its latency while logins use whatever CPU is
 /// idle. Under a proxy load that saturates every core, logins slow down instead.
+///
+/// Why they exit when idle: a gateway on one CPU then serves from a single thread, and Linux
+/// skips taking a file reference on each socket call of a process whose fd table no other
+/// thread shares (about 1% of the CPU per proxied request).
 struct HashPool {
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    state: std::sync::Mutex<PoolState>,
+    work: std::sync::Condvar,
+    max_threads: usize,
+    idle_exit: std::time::Duration,
 }
 
-static POOL: LazyLock<Option<HashPool>> = LazyLock::new(|| {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(MAX_QUEUED);
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
-    let mut started = 0;
-    for i in 0..threads {
-        let queue = queue.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("gatehouse-hash-{i}"))
+#[derive(Default)]
+struct PoolState {
+    queue: std::collections::VecDeque<Job>,
+    threads: usize,
+    idle: usize,
+}
+
+impl HashPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A job runs outside the lock, so a poisoned lock only means a panic in the few lines
+        // below; the counts are still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `job` and wakes or starts a thread for it.
+    fn submit(&'static self, job: Job) -> Result<(), PasswordError> {
+        let mut st = self.lock();
+        if st.queue.len() >= MAX_QUEUED {
+            return Err(PasswordError::Busy);
+        }
+        st.queue.push_back(job);
+        if st.idle > 0 {
+            self.work.notify_one();
+        }
+        // Jobs nobody is free for yet get a thread of their own, up to one per core.
+        if st.queue.len() > st.idle && st.threads < self.max_threads {
+            st.threads += 1;
+            drop(st);
+            if self.start_thread().is_err() {
+                let mut st = self.lock();
+                st.threads -= 1;
+                if st.threads == 0 {
+                    // Nobody will run it: refuse rather than leave the caller waiting.
+                    st.queue.pop_back();
+                    return Err(PasswordError::Worker);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts one thread, counted by the caller in `threads` beforehand.
+    fn start_thread(&'static self) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("gatehouse-hash".into())
             .spawn(move || {
                 if let Err(e) =
                     thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
                 {
                     tracing::warn!(target: "gatehouse::auth", error = %e, "cannot lower the priority of a password-hashing thread");
                 }
-                loop {
-                    // The lock is held only while waiting for the next job.
-                    let job = match queue.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(poisoned) => poisoned.into_inner().recv(),
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                }
-            });
-        if spawned.is_ok() {
-            started += 1;
+                self.work_loop();
+            })
+            .map(drop)
+    }
+
+    fn work_loop(&self) {
+        let mut st = self.lock();
+        loop {
+            if let Some(job) = st.queue.pop_front() {
+                drop(st);
+                // A panic fails only its own job (its caller sees the answer channel
+                // dropped); the thread and the counts stay as they are.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                st = self.lock();
+                continue;
+            }
+            st.idle += 1;
+            let (guard, wait) = self
+                .work
+                .wait_timeout(st, self.idle_exit)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st = guard;
+            st.idle -= 1;
+            if wait.timed_out() && st.queue.is_empty() {
+                st.threads -= 1;
+                return;
+            }
         }
     }
-    (started > 0).then_some(HashPool { jobs })
+}
+
+impl HashPool {
+    fn new(max_threads: usize, idle_exit: std::time::Duration) -> Self {
+        Self {
+            state: std::sync::Mutex::new(PoolState::default()),
+            work: std::sync::Condvar::new(),
+            max_threads,
+            idle_exit,
+        }
+    }
+}
+
+static POOL: LazyLock<HashPool> = LazyLock::new(|| {
+    HashPool::new(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        IDLE_EXIT,
+    )
 });
 
-/// Starts the hashing threads if they are not running yet.
+/// Checks that a hashing thread can be started (it exits again after [`IDLE_EXIT`]), so a
+/// machine that cannot start threads fails at start rather than at the first login.
 ///
 /// # Errors
 /// [`PasswordError::Worker`] when no thread could be started.
 pub fn start_hash_pool() -> Result<(), PasswordError> {
-    POOL.as_ref().map(|_| ()).ok_or(PasswordError::Worker)
+    let pool: &'static HashPool = &POOL;
+    let mut st = pool.lock();
+    if st.threads > 0 {
+        return Ok(());
+    }
+    st.threads += 1;
+    drop(st);
+    pool.start_thread().map_err(|_| {
+        pool.lock().threads -= 1;
+        PasswordError::Worker
+    })
 }
 
 /// Runs `f` on the hashing threads and waits for its result without blocking the runtime.
 async fn on_hash_pool<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, PasswordError> {
-    let pool = POOL.as_ref().ok_or(PasswordError::Worker)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
+    POOL.submit(Box::new(move || {
         // A dropped receiver means the request went away; nothing to tell.
         let _ = tx.send(f());
-    });
-    pool.jobs.try_send(job).map_err(|e| match e {
-        std::sync::mpsc::TrySendError::Full(_) => PasswordError::Busy,
-        std::sync::mpsc::TrySendError::Disconnected(_) => PasswordError::Worker,
-    })?;
+    }))?;
     rx.await.map_err(|_| PasswordError::Worker)
 }
 
@@ -376,6 +462,82 @@ mod tests {
             (PARAMS.m_cost(), PARAMS.t_cost(), PARAMS.p_cost())
         );
         verify_dummy("anything");
+    }
+
+    fn pool_threads(pool: &HashPool) -> usize {
+        pool.lock().threads
+    }
+
+    #[test]
+    fn hash_threads_start_on_demand_and_exit_when_idle() {
+        let pool: &'static HashPool = Box::leak(Box::new(HashPool::new(
+            2,
+            std::time::Duration::from_millis(150),
+        )));
+        assert_eq!(pool_threads(pool), 0, "nothing runs before the first job");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..4 {
+            let tx = tx.clone();
+            pool.submit(Box::new(move || {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                tx.send((i, std::thread::current().id())).unwrap();
+            }))
+            .unwrap();
+        }
+        let done: Vec<_> = (0..4).map(|_| rx.recv().unwrap()).collect();
+        let mut ids: Vec<_> = done.iter().map(|(_, id)| *id).collect();
+        ids.sort_by_key(|id| format!("{id:?}"));
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            2,
+            "one thread per allowed core, reused: {done:?}"
+        );
+        assert_eq!(pool_threads(pool), 2);
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pool_threads(pool) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle threads did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
+        // A job after they left starts a thread again; a panicking job fails alone.
+        pool.submit(Box::new(|| panic!("a job that panics")))
+            .unwrap();
+        let tx2 = tx.clone();
+        pool.submit(Box::new(move || {
+            tx2.send((9, std::thread::current().id())).unwrap()
+        }))
+        .unwrap();
+        assert_eq!(rx.recv().unwrap().0, 9);
+        assert!(pool_threads(pool) >= 1);
+    }
+
+    #[test]
+    fn a_full_hash_queue_refuses() {
+        let pool: &'static HashPool = Box::leak(Box::new(HashPool::new(
+            1,
+            std::time::Duration::from_millis(50),
+        )));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        pool.submit(Box::new(move || {
+            started_tx.send(()).unwrap();
+            let _ = wait.recv();
+        }))
+        .unwrap();
+        started.recv().unwrap();
+        for _ in 0..MAX_QUEUED {
+            pool.submit(Box::new(|| {})).unwrap();
+        }
+        assert!(matches!(
+            pool.submit(Box::new(|| {})),
+            Err(PasswordError::Busy)
+        ));
+        release.send(()).unwrap();
     }
 
     #[tokio::test]

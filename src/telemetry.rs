@@ -14,17 +14,17 @@ use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Keeps the background log writer alive; drop it last to flush.
-pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+mod sink;
+
+/// Flushes the log writer when dropped; drop it last.
+pub type LogGuard = sink::Guard<std::io::Stderr>;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level.
 pub fn init(cfg: &LogConfig) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+    let (writer, guard) = sink::Sink::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -125,13 +125,24 @@ fn report(err: &ConfigError) {
     }
 }
 
+/// How long an idle blocking-pool thread stays on a one-CPU runtime.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     // On one CPU (a container limited to one core, or a pinned process) the work-stealing
     // scheduler only adds cross-thread bookkeeping; the current-thread scheduler serves the
     // same tasks with less overhead. Blocking work still goes to the blocking pool.
+    //
+    // On one CPU the serving thread is then the process's only thread most of the time, and
+    // Linux skips taking a file reference on each socket call of a process whose fd table no
+    // other thread shares (about 1% of the CPU per proxied request). So blocking-pool threads
+    // leave soon after their last job (tokio keeps them 10 s; the 5 s signing-key re-read
+    // would keep one forever), as do the hashing and log threads (auth::password, telemetry).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = if cpus == 1 {
-        tokio::runtime::Builder::new_current_thread()
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        b.thread_keep_alive(BLOCKING_KEEP_ALIVE);
+        b
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };

@@ -165,3 +165,72 @@ async fn a_changed_config_file_is_picked_up_without_a_signal() {
     }
     assert!(gw.stderr().contains("configuration reloaded"));
 }
+
+fn threads_of(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Waits until the gateway runs on its one serving thread (`within` covers the blocking
+/// thread the 5 s signing-key re-read takes for half a second).
+async fn settles_to_one_thread(gw: &Gateway, within: Duration) -> Result<(), Vec<String>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let threads = threads_of(gw.pid());
+        if threads.len() == 1 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(threads);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// On one CPU the gateway serves from a single thread whenever no password is being hashed,
+/// no log line written and no blocking store call running: Linux takes a file reference on
+/// every socket call of a process whose fd table another thread shares (the config watch,
+/// the hashing and log threads, the blocking pool used to stay for good).
+#[tokio::test(flavor = "multi_thread")]
+async fn on_one_cpu_the_gateway_comes_back_to_one_thread() {
+    let up = upstream::named("one").await;
+    let gw = Gateway::start_on_one_cpu(&format!(
+        "tokens: {{ issuer: http://gatehouse.test, audience: tests }}\nroutes:\n{}",
+        support::route("api", "/api", &format!("\"http://{up}\""))
+    ));
+    settles_to_one_thread(&gw, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|t| panic!("after start: threads {t:?}\n{}", gw.stderr()));
+
+    // Proxied requests (an access line each), a registration and a login (two argon2 runs on
+    // the hashing threads, store writes on the blocking pool), a config change seen by the
+    // poll: each starts a helper thread, none stays.
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("/api/x")).await.status, 200);
+    }
+    let body = serde_json::json!({"email": "one@example.com", "password": "correct-horse-battery"});
+    let reg = support::send_json("POST", &gw.url("/auth/register"), None, &body).await;
+    assert_eq!(reg.status, 201, "{:?}", reg.body);
+    let login = support::send_json("POST", &gw.url("/auth/login"), None, &body).await;
+    assert_eq!(login.status, 200, "{:?}", login.body);
+    assert!(gw.wait_log("gatehouse::access", Duration::from_secs(2)));
+    assert!(threads_of(gw.pid()).len() > 1, "helpers did start");
+    gw.rewrite_config(&format!(
+        "tokens: {{ issuer: http://gatehouse.test, audience: tests }}\nroutes:\n{}",
+        support::route("moved", "/moved", &format!("\"http://{up}\""))
+    ));
+    assert!(gw.wait_log("configuration reloaded", Duration::from_secs(5)));
+    settles_to_one_thread(&gw, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|t| panic!("after work: threads {t:?}\n{}", gw.stderr()));
+    assert_eq!(get(&gw.url("/moved/x")).await.status, 200);
+}

@@ -108,6 +108,22 @@ impl Gateway {
     /// Writes `yaml` (with `listen`/`admin_listen` on port 0 added unless present) and starts
     /// `gatehouse serve` on it.
     pub fn start(yaml: &str) -> Gateway {
+        Self::start_on(yaml, None)
+    }
+
+    /// As [`Gateway::start`], with the process pinned to the first CPU this test may use
+    /// (`taskset`), as a container limited to one core would run it.
+    pub fn start_on_one_cpu(yaml: &str) -> Gateway {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap();
+        let first = allowed.trim().split([',', '-']).next().unwrap().to_owned();
+        Self::start_on(yaml, Some(&first))
+    }
+
+    fn start_on(yaml: &str, cpu: Option<&str>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gateway.yaml");
         let mut text = String::new();
@@ -119,13 +135,22 @@ impl Gateway {
         }
         text.push_str(yaml);
         std::fs::write(&config_path, &text).unwrap();
-        Self::spawn(dir, config_path)
+        Self::spawn(dir, config_path, cpu)
     }
 
-    fn spawn(dir: tempfile::TempDir, config_path: PathBuf) -> Gateway {
+    fn spawn(dir: tempfile::TempDir, config_path: PathBuf, cpu: Option<&str>) -> Gateway {
+        let mut command = match cpu {
+            // taskset execs the gateway: the child's pid is the gateway's.
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpu, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         // Relative paths of the config (the default mail outbox `data/outbox`, say) land in
         // the test's own directory, not in the checkout.
-        let mut child = Command::new(BIN)
+        let mut child = command
             .args(["serve", "--config"])
             .arg(&config_path)
             .current_dir(dir.path())
@@ -207,7 +232,7 @@ impl Gateway {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let config_path = self.config_path.clone();
         drop(self);
-        Self::spawn(dir, config_path)
+        Self::spawn(dir, config_path, None)
     }
 
     /// Runs `gatehouse ARGS --config <this gateway's config>` with `stdin` and returns

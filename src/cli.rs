@@ -134,10 +134,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     // same tasks with less overhead. Blocking work still goes to the blocking pool.
     //
     // On one CPU the serving thread is then the process's only thread most of the time, and
-    // Linux skips taking a file reference on each socket call of a process whose fd table no
-    // other thread shares (about 1% of the CPU per proxied request). So blocking-pool threads
-    // leave soon after their last job (tokio keeps them 10 s; the 5 s signing-key re-read
-    // would keep one forever), as do the hashing and log threads (auth::password, telemetry).
+    // Linux skips taking a file reference (two atomics) on each socket call of a process
+    // whose fd table no other thread shares: 0.3-0.4% of the core under the rig's load
+    // (benches/README.md). So blocking-pool threads leave soon after their last job (tokio
+    // keeps them 10 s; the 5 s signing-key re-read would keep one forever), as do the
+    // hashing and log threads (auth::password, telemetry) and the config poll has no thread.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = if cpus == 1 {
         let mut b = tokio::runtime::Builder::new_current_thread();

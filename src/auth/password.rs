@@ -166,7 +166,7 @@ const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 ///
 /// Why they exit when idle: a gateway on one CPU then serves from a single thread, and Linux
 /// skips taking a file reference on each socket call of a process whose fd table no other
-/// thread shares (about 1% of the CPU per proxied request).
+/// thread shares (see `cli::runtime`).
 struct HashPool {
     state: std::sync::Mutex<PoolState>,
     work: std::sync::Condvar,
@@ -182,6 +182,15 @@ struct PoolState {
 }
 
 impl HashPool {
+    fn new(max_threads: usize, idle_exit: std::time::Duration) -> Self {
+        Self {
+            state: std::sync::Mutex::new(PoolState::default()),
+            work: std::sync::Condvar::new(),
+            max_threads,
+            idle_exit,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         // A job runs outside the lock, so a poisoned lock only means a panic in the few lines
         // below; the counts are still consistent.
@@ -208,8 +217,11 @@ impl HashPool {
                 let mut st = self.lock();
                 st.threads -= 1;
                 if st.threads == 0 {
-                    // Nobody will run it: refuse rather than leave the caller waiting.
-                    st.queue.pop_back();
+                    // Nobody will run them: dropping a job drops its answer channel, so its
+                    // caller (this one too) gets `Worker` rather than waiting forever.
+                    let orphans = std::mem::take(&mut st.queue);
+                    drop(st);
+                    drop(orphans);
                     return Err(PasswordError::Worker);
                 }
             }
@@ -254,17 +266,6 @@ impl HashPool {
                 st.threads -= 1;
                 return;
             }
-        }
-    }
-}
-
-impl HashPool {
-    fn new(max_threads: usize, idle_exit: std::time::Duration) -> Self {
-        Self {
-            state: std::sync::Mutex::new(PoolState::default()),
-            work: std::sync::Condvar::new(),
-            max_threads,
-            idle_exit,
         }
     }
 }

@@ -93,23 +93,29 @@ fn read(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// Whether the file at `path` holds something other than `seen`, once it has stopped
-/// changing (two reads [`DEBOUNCE`] apart agree: editors write in several steps).
+/// changing.
 async fn changed(path: &Path, seen: Option<&[u8]>) -> bool {
-    let Some(mut now) = read(path) else {
+    let Some(now) = read(path) else {
         return false;
     };
     if Some(now.as_slice()) == seen {
         return false;
     }
+    settle(now, || read(path)).await.is_some()
+}
+
+/// Reads again every [`DEBOUNCE`] until two reads agree (editors write in several steps) and
+/// gives what they agree on; `None` if the file went away meanwhile.
+async fn settle(mut now: Vec<u8>, mut read: impl FnMut() -> Option<Vec<u8>>) -> Option<Vec<u8>> {
     for _ in 0..MAX_SETTLE_ROUNDS {
         tokio::time::sleep(DEBOUNCE).await;
-        match read(path) {
-            Some(again) if again == now => break,
-            Some(again) => now = again,
-            None => return false,
+        let again = read()?;
+        if again == now {
+            break;
         }
+        now = again;
     }
-    true
+    Some(now)
 }
 
 /// Reloads on SIGHUP (ticks on `hup`, debounced) and when the file's bytes change, until
@@ -193,22 +199,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_still_being_written_is_waited_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.yaml");
-        std::fs::write(&path, "old\n").unwrap();
-        let seen = read(&path);
-        std::fs::write(&path, "ne").unwrap();
-        let writer = {
-            let path = path.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(DEBOUNCE / 2).await;
-                std::fs::write(&path, "new\n").unwrap();
-            })
-        };
-        let start = std::time::Instant::now();
-        assert!(changed(&path, seen.as_deref()).await);
-        writer.await.unwrap();
-        // The half-written state was seen, then the whole one twice in a row.
-        assert!(start.elapsed() >= DEBOUNCE * 2, "{:?}", start.elapsed());
+        // What successive reads of a file being written see.
+        let mut reads = [&b"new"[..], b"new\n", b"new\n", b"never read"]
+            .into_iter()
+            .map(|r| Some(r.to_vec()));
+        let settled = settle(b"ne".to_vec(), || reads.next().flatten()).await;
+        assert_eq!(settled.as_deref(), Some(&b"new\n"[..]));
+        assert_eq!(reads.next(), Some(Some(b"never read".to_vec())));
+
+        let mut reads = [Some(b"ne".to_vec()), None].into_iter();
+        let gone = settle(b"n".to_vec(), || reads.next().flatten()).await;
+        assert_eq!(gone, None, "deleted while settling");
     }
 }

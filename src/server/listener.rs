@@ -2,7 +2,8 @@
 //! auto builder, which serves HTTP/1.1 and HTTP/2 (prior-knowledge h2c on plain TCP). Plain
 //! TCP connections start in the gateway's own HTTP/1.1 loop ([`h1`]), which serves body-less
 //! requests and hands the connection to hyper at the first other one. A drain waits for every
-//! connection task: hyper's are told by a `GracefulShutdown`, the own loop's by `shutdown`.
+//! connection task: hyper's and the own loop's are told by `shutdown` ([`Closable`] for
+//! hyper's).
 
 use std::future::Future;
 use std::io;
@@ -21,7 +22,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -126,7 +126,6 @@ pub async fn serve<M, S, F>(
     S: Fn(http::Request<InBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<http::Response<ResBody>, std::convert::Infallible>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
     // Every connection task holds a sender: the drain is over when the receiver sees none.
     let (conns, mut conns_closed) = tokio::sync::mpsc::channel::<std::convert::Infallible>(1);
     loop {
@@ -168,7 +167,6 @@ pub async fn serve<M, S, F>(
         });
         let builder = protocols.hyper.clone();
         let head_limits = protocols.head;
-        let watcher = graceful.watcher();
         let tls = tls.clone();
         let held = conns.clone();
         tokio::spawn(async move {
@@ -180,11 +178,12 @@ pub async fn serve<M, S, F>(
             match tls {
                 None => {
                     // Ours for body-less HTTP/1.1 requests, hyper's from the first other one.
-                    let handover = |io| {
+                    let (hand_stop, hand_activity) = (stop.clone(), activity.clone());
+                    let handover = move |io| {
                         let conn = builder
                             .serve_connection_with_upgrades(Flat::new(io), service)
                             .into_owned();
-                        watcher.watch(conn)
+                        Closable::new(conn, hand_stop, &hand_activity)
                     };
                     let conn = h1::serve(stream, own, head_limits, stop, &activity, handover);
                     log_end(peer, watched(conn, &activity, idle).await);
@@ -206,16 +205,16 @@ pub async fn serve<M, S, F>(
                     let conn = builder
                         .serve_connection_with_upgrades(Flat::new(stream), service)
                         .into_owned();
-                    log_end(peer, watched(watcher.watch(conn), &activity, idle).await);
+                    let conn = Closable::new(conn, stop, &activity);
+                    log_end(peer, watched(conn, &activity, idle).await);
                 }
             }
         });
     }
     drop(listener);
     drop(conns);
-    // hyper's connections are told to finish by `graceful`, the own loop's by `shutdown`.
+    // Every connection was told by `shutdown`; each task drops its sender when done.
     let drained = async {
-        graceful.shutdown().await;
         let _ = conns_closed.recv().await;
     };
     if tokio::time::timeout(drain, drained).await.is_err() {
@@ -242,9 +241,11 @@ pub struct Activity {
     /// Successful writes to the client (every request answered writes, so a request that came
     /// and went within a period shows here).
     writes: AtomicU64,
-    /// An HTTP/2 request came: the connection is left alone, as before the watchdog (hyper's
-    /// header-read timeout, which it replaces, was HTTP/1 only).
+    /// An HTTP/2 request came: an idle period ends in a `GOAWAY` ([`Activity::close`])
+    /// rather than a drop, so the client knows no request it sends is lost.
     h2: AtomicBool,
+    /// The watchdog asks the hyper connection to finish gracefully (see [`Closable`]).
+    close: AtomicBool,
 }
 
 impl Activity {
@@ -291,11 +292,15 @@ async fn watched<F: Future>(conn: F, activity: &Activity, period: Duration) -> O
         }
         if armed {
             let now = activity.progress();
-            if now == last
-                && activity.open.load(Ordering::Relaxed) == 0
-                && !activity.h2.load(Ordering::Relaxed)
-            {
-                return Poll::Ready(None);
+            if now == last && activity.open.load(Ordering::Relaxed) == 0 {
+                let asked = activity.close.load(Ordering::Relaxed);
+                if !activity.h2.load(Ordering::Relaxed) || asked {
+                    return Poll::Ready(None);
+                }
+                // HTTP/2: a GOAWAY first (the connection is polled again right away); a
+                // client that keeps it open anyway is dropped a period later.
+                activity.close.store(true, Ordering::Relaxed);
+                cx.waker().wake_by_ref();
             }
             last = now;
             timer.as_mut().reset(tokio::time::Instant::now() + period);
@@ -308,6 +313,66 @@ async fn watched<F: Future>(conn: F, activity: &Activity, period: Duration) -> O
         Poll::Pending
     })
     .await
+}
+
+/// A hyper connection that finishes gracefully when the server stops or the watchdog asks
+/// ([`Activity::close`]): HTTP/2 sends `GOAWAY` and closes once its open streams are done,
+/// HTTP/1 closes after the answer in progress. In place of hyper-util's `GracefulShutdown`,
+/// whose watcher cannot be asked per connection.
+struct Closable<C> {
+    conn: Pin<Box<C>>,
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    activity: Arc<Activity>,
+    closing: bool,
+}
+
+impl<C> Closable<C> {
+    fn new(conn: C, mut stop: watch::Receiver<bool>, activity: &Arc<Activity>) -> Self {
+        Closable {
+            conn: Box::pin(conn),
+            stop: Box::pin(async move {
+                // A dropped sender means the server is gone: stop as well.
+                let _ = stop.wait_for(|stop| *stop).await;
+            }),
+            activity: activity.clone(),
+            closing: false,
+        }
+    }
+}
+
+/// A connection that can be asked to finish gracefully.
+trait Graceful {
+    fn start_graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn start_graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<C: Future + Graceful> Future for Closable<C> {
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = &mut *self;
+        if !this.closing
+            && (this.activity.close.load(Ordering::Relaxed)
+                || this.stop.as_mut().poll(cx).is_ready())
+        {
+            this.closing = true;
+            this.conn.as_mut().start_graceful();
+        }
+        this.conn.as_mut().poll(cx)
+    }
 }
 
 /// A response body that keeps its request counted as open until it is sent or dropped.
@@ -474,6 +539,63 @@ mod tests {
         // Three periods of waiting for the answer, then one or two of idling.
         assert!(idle >= PERIOD * 3 + PERIOD, "closed after {idle:?}");
         assert!(idle < PERIOD * 3 + PERIOD * 3, "closed after {idle:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_http2_connection_gets_a_goaway() {
+        // Each answer takes two periods: open streams keep the connection.
+        let (addr, _stop) = start(PERIOD * 2).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        for _ in 0..2 {
+            let req = http::Request::get(format!("http://{addr}/"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        let answered = std::time::Instant::now();
+        // hyper's client connection ends cleanly only on a GOAWAY; a bare close is an error.
+        let ended = tokio::time::timeout(PERIOD * 8, conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let idle = answered.elapsed();
+        assert!(ended.is_ok(), "{ended:?}");
+        assert!(idle >= PERIOD, "closed after {idle:?}");
+        assert!(idle < PERIOD * 3, "closed after {idle:?}");
+        assert!(send.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_drain_lets_an_http2_request_finish_then_sends_goaway() {
+        let (addr, stop) = start(PERIOD).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let answer = tokio::spawn(send.send_request(req));
+        tokio::time::sleep(PERIOD / 3).await;
+        stop.send(true).unwrap();
+        let resp = answer.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        // At once, not after an idle period (that would be the watchdog's GOAWAY).
+        let ended = tokio::time::timeout(PERIOD / 2, conn).await.unwrap().unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
     }
 
     #[tokio::test]

@@ -275,7 +275,9 @@ impl Drop for Open {
 /// an idle keep-alive connection or a trickled head (slowloris) is let go after one to two
 /// periods, as hyper's header-read timeout (which this replaces) did after one. An open
 /// request (waiting on its upstream, or its body streaming either way) keeps the connection.
-/// One timer per connection, re-armed once a period, where hyper armed one per request.
+/// An HTTP/2 connection is asked for a `GOAWAY` first ([`Closable`]) and dropped only if it
+/// is still there a period later. One timer per connection, re-armed once a period, where
+/// hyper armed one per request.
 async fn watched<F: Future>(conn: F, activity: &Activity, period: Duration) -> Option<F::Output> {
     let mut conn = pin!(conn);
     let mut timer = pin!(tokio::time::sleep(period));

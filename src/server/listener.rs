@@ -543,23 +543,34 @@ mod tests {
         assert!(idle < PERIOD * 3 + PERIOD * 3, "closed after {idle:?}");
     }
 
-    #[tokio::test]
-    async fn an_idle_http2_connection_gets_a_goaway() {
-        // Each answer takes two periods: open streams keep the connection.
-        let (addr, _stop) = start(PERIOD * 2).await;
+    type H2Send = hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>;
+
+    /// hyper's HTTP/2 client on a new connection to `addr`; the connection runs in a task
+    /// whose result says how it ended.
+    async fn h2_client(addr: SocketAddr) -> (H2Send, tokio::task::JoinHandle<hyper::Result<()>>) {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
+        let (send, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             hyper_util::rt::TokioIo::new(tcp),
         )
         .await
         .unwrap();
-        let conn = tokio::spawn(conn);
+        (send, tokio::spawn(conn))
+    }
+
+    fn h2_get(addr: SocketAddr) -> http::Request<http_body_util::Empty<Bytes>> {
+        http::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idle_http2_connection_gets_a_goaway() {
+        // Each answer takes two periods: open streams keep the connection.
+        let (addr, _stop) = start(PERIOD * 2).await;
+        let (mut send, conn) = h2_client(addr).await;
         for _ in 0..2 {
-            let req = http::Request::get(format!("http://{addr}/"))
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
+            let resp = send.send_request(h2_get(addr)).await.unwrap();
             assert_eq!(resp.status(), 200);
         }
         let answered = std::time::Instant::now();
@@ -578,24 +589,17 @@ mod tests {
     #[tokio::test]
     async fn a_drain_lets_an_http2_request_finish_then_sends_goaway() {
         let (addr, stop) = start(PERIOD).await;
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        let conn = tokio::spawn(conn);
-        let req = http::Request::get(format!("http://{addr}/"))
-            .body(http_body_util::Empty::<Bytes>::new())
-            .unwrap();
-        let answer = tokio::spawn(send.send_request(req));
+        let (mut send, conn) = h2_client(addr).await;
+        let answer = tokio::spawn(send.send_request(h2_get(addr)));
         tokio::time::sleep(PERIOD / 3).await;
         stop.send(true).unwrap();
         let resp = answer.await.unwrap().unwrap();
         assert_eq!(resp.status(), 200);
         // At once, not after an idle period (that would be the watchdog's GOAWAY).
-        let ended = tokio::time::timeout(PERIOD / 2, conn).await.unwrap().unwrap();
+        let ended = tokio::time::timeout(PERIOD / 2, conn)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(ended.is_ok(), "{ended:?}");
         assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
     }

@@ -92,16 +92,13 @@ fn read(path: &Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
-/// Whether the file at `path` holds something other than `seen`, once it has stopped
-/// changing.
-async fn changed(path: &Path, seen: Option<&[u8]>) -> bool {
-    let Some(now) = read(path) else {
-        return false;
-    };
+/// What the file at `path` holds once it has stopped changing, if that is not `seen`.
+async fn changed(path: &Path, seen: Option<&[u8]>) -> Option<Vec<u8>> {
+    let now = read(path)?;
     if Some(now.as_slice()) == seen {
-        return false;
+        return None;
     }
-    settle(now, || read(path)).await.is_some()
+    settle(now, || read(path)).await
 }
 
 /// Reads again every [`DEBOUNCE`] until two reads agree (editors write in several steps) and
@@ -119,8 +116,8 @@ async fn settle(mut now: Vec<u8>, mut read: impl FnMut() -> Option<Vec<u8>>) -> 
 }
 
 /// Reloads on SIGHUP (ticks on `hup`, debounced) and when the file's bytes change, until
-/// `hup` closes. A SIGHUP always reloads (templates may have changed); a change seen by the
-/// poll reloads once, also when a SIGHUP already loaded it.
+/// `hup` closes. A SIGHUP always reloads (templates may have changed); the poll reloads only
+/// bytes not loaded yet, so a change a SIGHUP already loaded is not loaded again.
 pub async fn run(
     shared: Arc<Shared>,
     accounts: Arc<Accounts>,
@@ -139,16 +136,17 @@ pub async fn run(
                     return;
                 }
                 tokio::time::sleep(DEBOUNCE).await;
+                // Read before loading: a write landing in between is seen by the next poll.
+                seen = read(&path);
             }
             _ = poll.tick() => {
-                if !changed(&path, seen.as_deref()).await {
-                    continue;
+                match changed(&path, seen.as_deref()).await {
+                    Some(settled) => seen = Some(settled),
+                    None => continue,
                 }
             }
         }
         while hup.try_recv().is_ok() {}
-        // Read before loading: a write landing in between is seen by the next poll.
-        seen = read(&path);
         let (s, a, l, p) = (shared.clone(), accounts.clone(), live.clone(), path.clone());
         // Reading the file and the templates is blocking I/O: keep it off the runtime threads.
         let _ = tokio::task::spawn_blocking(move || reload(&s, &a, &l, &p)).await;
@@ -166,15 +164,23 @@ mod tests {
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, "routes: []\n").unwrap();
         let seen = read(&path);
-        assert!(!changed(&path, seen.as_deref()).await, "unchanged");
+        assert_eq!(changed(&path, seen.as_deref()).await, None, "unchanged");
 
         // Same length, written within the file system's timestamp granularity: a check of
         // size and mtime could miss it, the bytes do not.
         std::fs::write(&path, "routes: {}\n").unwrap();
-        assert!(changed(&path, seen.as_deref()).await, "rewritten in place");
+        assert_eq!(
+            changed(&path, seen.as_deref()).await.as_deref(),
+            Some(&b"routes: {}\n"[..]),
+            "rewritten in place"
+        );
         let seen = read(&path);
         std::fs::write(&path, "routes: {}\n").unwrap();
-        assert!(!changed(&path, seen.as_deref()).await, "same bytes again");
+        assert_eq!(
+            changed(&path, seen.as_deref()).await,
+            None,
+            "same bytes again"
+        );
 
         // A ConfigMap-style swap: the path is a symlink whose target is replaced.
         let data = dir.path().join("..data");
@@ -190,11 +196,15 @@ mod tests {
         let tmp = dir.path().join("..data_tmp");
         std::os::unix::fs::symlink("v2", &tmp).unwrap();
         std::fs::rename(&tmp, &data).unwrap();
-        assert!(changed(&linked, seen.as_deref()).await, "symlink swapped");
+        assert_eq!(
+            changed(&linked, seen.as_deref()).await.as_deref(),
+            Some(&b"a: 2\n"[..]),
+            "symlink swapped"
+        );
 
         // Gone (mid-swap or deleted): nothing to load, the running config stays.
         std::fs::remove_file(&path).unwrap();
-        assert!(!changed(&path, seen.as_deref()).await, "missing file");
+        assert_eq!(changed(&path, seen.as_deref()).await, None, "missing file");
     }
 
     #[tokio::test]

@@ -21,6 +21,8 @@ use std::task::{Context, Waker};
 
 use tokio::net::tcp::OwnedWriteHalf;
 
+pub(super) mod uring;
+
 /// Where a connection's queued head stands.
 const QUEUED: u8 = 0;
 /// Written whole (or nothing queued).
@@ -81,27 +83,36 @@ impl Wire {
     /// Writes as much of the queued head as the socket takes without blocking.
     fn write_queued(&self) {
         let mut p = self.lock();
-        let stage = loop {
+        let stage = self.write_rest(&mut p);
+        self.settle(p, stage);
+    }
+
+    /// Writes the rest of the head with send(2) until it is all out (`SENT`) or the socket
+    /// would block or fails (`HANDED_BACK`, the error kept for the task).
+    fn write_rest(&self, p: &mut Pending) -> u8 {
+        loop {
             let Pending { head, written, .. } = &mut *p;
+            if *written == head.len() {
+                return SENT;
+            }
             match self.write.try_write(&head[*written..]) {
-                Ok(n) => {
-                    *written += n;
-                    if *written == head.len() {
-                        break SENT;
-                    }
-                    if n == 0 {
-                        p.error = Some(io::ErrorKind::WriteZero.into());
-                        break HANDED_BACK;
-                    }
+                Ok(0) => {
+                    p.error = Some(io::ErrorKind::WriteZero.into());
+                    return HANDED_BACK;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break HANDED_BACK,
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return HANDED_BACK,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     p.error = Some(e);
-                    break HANDED_BACK;
+                    return HANDED_BACK;
                 }
             }
-        };
+        }
+    }
+
+    /// Records where the burst left the head; a head handed back wakes its task.
+    fn settle(&self, mut p: MutexGuard<'_, Pending>, stage: u8) {
         self.stage.store(stage, Ordering::Release);
         if stage == HANDED_BACK
             && let Some(waker) = p.waker.take()
@@ -184,13 +195,17 @@ impl Batch {
 
     fn flush(&self) {
         let mut wires = std::mem::take(&mut *self.lock());
-        for wire in wires.drain(..) {
-            // No longer queued (its leader was cancelled) or held by the batch alone (its
-            // request was dropped): nobody waits for an answer.
-            if wire.stage.load(Ordering::Acquire) == QUEUED && Arc::strong_count(&wire) > 1 {
+        // No longer queued (its leader was cancelled) or held by the batch alone (its request
+        // was dropped): nobody waits for an answer.
+        wires.retain(|wire| {
+            wire.stage.load(Ordering::Acquire) == QUEUED && Arc::strong_count(wire) > 1
+        });
+        if wires.len() < 2 || !uring::send_all(&wires) {
+            for wire in &wires {
                 wire.write_queued();
             }
         }
+        wires.clear();
         // The emptied vector goes back for its capacity unless the next turn has started one.
         let mut queued = self.lock();
         if queued.is_empty() {

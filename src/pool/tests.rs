@@ -393,6 +393,55 @@ async fn heads_queued_in_one_turn_leave_together_when_the_leader_flushes() {
     assert_eq!(arrived(&mut pairs[2].2).await, b"again");
 }
 
+/// Whether this machine lets a process use io_uring (`kernel.io_uring_disabled` is 0).
+fn io_uring_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "0")
+}
+
+#[tokio::test]
+async fn a_burst_goes_through_io_uring_and_a_full_socket_hands_the_rest_back() {
+    if io_uring_allowed() {
+        assert!(batch::uring::available(), "io_uring allowed but no ring");
+    } else {
+        eprintln!("io_uring disabled here: the burst below goes out with send(2)");
+    }
+    let mut pairs = wires(3).await;
+    // Far beyond what a loopback socket takes at once: sent in part, the rest handed back.
+    let big = vec![b'b'; 16 << 20];
+    let leader = pairs[0].0.queue(|out| out.extend_from_slice(&big));
+    assert!(
+        pairs[1]
+            .0
+            .queue(|out| out.extend_from_slice(b"one"))
+            .is_none()
+    );
+    assert!(
+        pairs[2]
+            .0
+            .queue(|out| out.extend_from_slice(b"two"))
+            .is_none()
+    );
+    leader.expect("the first queued leads").flush();
+    assert_eq!(arrived(&mut pairs[1].2).await, b"one");
+    assert_eq!(arrived(&mut pairs[2].2).await, b"two");
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(!pairs[1].0.handed_back(&mut cx), "written whole");
+    assert!(
+        pairs[0].0.handed_back(&mut cx),
+        "the big head is its task's to finish"
+    );
+    let wire = pairs[0].0.clone();
+    let finishing = tokio::spawn(async move { wire.finish().await });
+    let mut got = vec![0u8; big.len()];
+    tokio::time::timeout(Duration::from_secs(20), pairs[0].2.read_exact(&mut got))
+        .await
+        .expect("the rest arrived")
+        .unwrap();
+    assert!(got == big, "the head arrived whole and in order");
+    finishing.await.unwrap().unwrap();
+    assert!(arrived(&mut pairs[0].2).await.is_empty(), "nothing twice");
+}
+
 #[tokio::test]
 async fn a_dropped_leader_flushes_the_others_and_abandoned_heads_are_not_sent() {
     let mut pairs = wires(3).await;

@@ -5,9 +5,10 @@
 //! connection's future chain per request (callgrind: 1.4k of 32k instructions per proxied
 //! request). Here a request task only queues its connection; the first one queued in a turn
 //! (the leader) yields until the event loop has polled every task it had ready, then writes
-//! every queued head in one tight loop. The other tasks go straight to waiting for their
-//! answer and are not polled again until it comes. An upstream on the same core (a sidecar,
-//! the benchmark rig) also finds the heads of a whole turn waiting when it runs.
+//! every queued head: in one io_uring submission when there are several and the kernel
+//! allows it ([`uring`]), else with one send(2) each. The other tasks go straight to waiting
+//! for their answer and are not polled again until it comes. An upstream on the same core (a
+//! sidecar, the benchmark rig) finds the heads of a whole turn waiting when it runs.
 //!
 //! Plain TCP only (a TLS connection's writes go through its session state, owned by its task).
 //! A write that would block or fails hands the rest back to the request's task, which finishes

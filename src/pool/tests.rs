@@ -367,6 +367,16 @@ async fn arrived(peer: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn heads_queued_in_one_turn_leave_together_when_the_leader_flushes() {
+    heads_leave_together().await;
+}
+
+#[tokio::test]
+async fn without_io_uring_heads_queued_in_one_turn_still_leave_together() {
+    batch::uring::refuse_on_this_thread();
+    heads_leave_together().await;
+}
+
+async fn heads_leave_together() {
     let mut pairs = wires(4).await;
     let leaders: Vec<_> = pairs
         .iter()
@@ -405,6 +415,18 @@ async fn a_burst_goes_through_io_uring_and_a_full_socket_hands_the_rest_back() {
     } else {
         eprintln!("io_uring disabled here: the burst below goes out with send(2)");
     }
+    a_full_socket_hands_the_rest_back().await;
+}
+
+#[tokio::test]
+async fn without_io_uring_a_burst_goes_out_with_send_and_hands_the_rest_back() {
+    batch::uring::refuse_on_this_thread();
+    assert!(!batch::uring::available());
+    a_full_socket_hands_the_rest_back().await;
+}
+
+/// A burst of three heads, the first far larger than a socket takes at once.
+async fn a_full_socket_hands_the_rest_back() {
     let mut pairs = wires(3).await;
     // Far beyond what a loopback socket takes at once: sent in part, the rest handed back.
     let big = vec![b'b'; 16 << 20];

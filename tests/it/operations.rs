@@ -213,9 +213,22 @@ async fn on_one_cpu_the_gateway_comes_back_to_one_thread() {
 
     // Proxied requests (an access line each), a registration and a login (two argon2 runs on
     // the hashing threads, store writes on the blocking pool), a config change seen by the
-    // poll: each starts a helper thread, none stays.
+    // poll: each starts a helper thread, none stays. Requests arriving together have their
+    // upstream heads submitted through io_uring, which must not leave a kernel worker thread
+    // (`iou-wrk-*`, listed among the process's threads) behind.
     for _ in 0..20 {
         assert_eq!(get(&gw.url("/api/x")).await.status, 200);
+    }
+    for _ in 0..2 {
+        let asks: Vec<_> = (0..32)
+            .map(|_| {
+                let url = gw.url("/api/together");
+                tokio::spawn(async move { get(&url).await })
+            })
+            .collect();
+        for ask in asks {
+            assert_eq!(ask.await.unwrap().status, 200);
+        }
     }
     let body = serde_json::json!({"email": "one@example.com", "password": "correct-horse-battery"});
     let reg = support::send_json("POST", &gw.url("/auth/register"), None, &body).await;

@@ -489,3 +489,56 @@ routes:
     );
     assert_eq!(from("192.0.2.1").await, 200);
 }
+
+/// Whether this machine lets a process use io_uring (`kernel.io_uring_disabled` is 0).
+fn io_uring_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "0")
+}
+
+/// Whether the process holds an io_uring instance.
+fn holds_a_ring(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|target| target.to_string_lossy() == "anon_inode:[io_uring]")
+}
+
+/// Requests arriving together have their upstream heads submitted in one io_uring call
+/// (src/pool/batch/uring.rs); with `GATEHOUSE_IO_URING=off` they go out with send(2). Either
+/// way every request reaches the upstream whole and gets its own answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_share_one_submission_unless_io_uring_is_off() {
+    let up = upstream::named("burst").await;
+    // All from one address: lift the default per-IP limit.
+    let yaml = format!(
+        "rate_limits: {{ default: {{ requests: 100000, per: 1s }} }}\nroutes:\n{}",
+        support::route("api", "/api", &format!("\"http://{up}\""))
+    );
+    for (env, ring) in [
+        (&[][..], io_uring_allowed()),
+        (&[("GATEHOUSE_IO_URING", "off")][..], false),
+    ] {
+        let gw = Gateway::start_with_env(&yaml, env);
+        assert!(
+            !holds_a_ring(gw.pid()),
+            "made on the first burst, not at start"
+        );
+        for round in 0..5 {
+            let asks: Vec<_> = (0..64)
+                .map(|i| {
+                    let url = gw.url(&format!("/api/r{round}/{i}?q={i}"));
+                    tokio::spawn(async move { get(&url).await })
+                })
+                .collect();
+            for (i, ask) in asks.into_iter().enumerate() {
+                let answer = ask.await.unwrap();
+                assert_eq!(answer.status, 200, "{env:?}: {:?}", answer.body);
+                let doc = answer.json();
+                assert_eq!(doc["path"], format!("/api/r{round}/{i}"), "{env:?}");
+                assert_eq!(doc["query"], format!("q={i}"), "{env:?}");
+            }
+        }
+        assert_eq!(holds_a_ring(gw.pid()), ring, "{env:?}\n{}", gw.stderr());
+    }
+}

@@ -76,6 +76,12 @@ pub(in crate::pool) fn available() -> bool {
     })
 }
 
+/// Makes this thread write its bursts with send(2), as where io_uring is refused.
+#[cfg(test)]
+pub(in crate::pool) fn refuse_on_this_thread() {
+    RING.with(|cell| *cell.borrow_mut() = Ring::Refused);
+}
+
 /// Sends the queued heads of `wires` (all `QUEUED`) and settles every one of them. False
 /// when this thread has no ring: nothing was touched and the caller writes them itself.
 pub(super) fn send_all(wires: &[Arc<Wire>]) -> bool {

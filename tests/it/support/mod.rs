@@ -108,7 +108,13 @@ impl Gateway {
     /// Writes `yaml` (with `listen`/`admin_listen` on port 0 added unless present) and starts
     /// `gatehouse serve` on it.
     pub fn start(yaml: &str) -> Gateway {
-        Self::start_on(yaml, None)
+        Self::start_on(yaml, None, &[])
+    }
+
+    /// As [`Gateway::start`], with these environment variables set for the process (a
+    /// [`Gateway::restart`] does not keep them).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_on(yaml, None, env)
     }
 
     /// As [`Gateway::start`], with the process pinned to the first CPU this test may use
@@ -120,10 +126,10 @@ impl Gateway {
             .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
             .unwrap();
         let first = allowed.trim().split([',', '-']).next().unwrap().to_owned();
-        Self::start_on(yaml, Some(&first))
+        Self::start_on(yaml, Some(&first), &[])
     }
 
-    fn start_on(yaml: &str, cpu: Option<&str>) -> Gateway {
+    fn start_on(yaml: &str, cpu: Option<&str>, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gateway.yaml");
         let mut text = String::new();
@@ -135,10 +141,15 @@ impl Gateway {
         }
         text.push_str(yaml);
         std::fs::write(&config_path, &text).unwrap();
-        Self::spawn(dir, config_path, cpu)
+        Self::spawn(dir, config_path, cpu, env)
     }
 
-    fn spawn(dir: tempfile::TempDir, config_path: PathBuf, cpu: Option<&str>) -> Gateway {
+    fn spawn(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        cpu: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let mut command = match cpu {
             // taskset execs the gateway: the child's pid is the gateway's.
             Some(cpu) => {
@@ -155,6 +166,7 @@ impl Gateway {
             .arg(&config_path)
             .current_dir(dir.path())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -232,7 +244,7 @@ impl Gateway {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let config_path = self.config_path.clone();
         drop(self);
-        Self::spawn(dir, config_path, None)
+        Self::spawn(dir, config_path, None, &[])
     }
 
     /// Runs `gatehouse ARGS --config <this gateway's config>` with `stdin` and returns

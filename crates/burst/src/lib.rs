@@ -39,7 +39,7 @@ pub enum Outcome {
     NotSubmitted,
 }
 
-/// A ring for bursts of sends, used by the thread that made it.
+/// A ring for bursts of sends (the gateway keeps one per worker thread).
 pub struct Burst {
     ring: IoUring,
     broken: bool,

@@ -38,26 +38,21 @@ static ALLOWED: LazyLock<bool> = LazyLock::new(|| {
     !off
 });
 
-enum Ring {
-    Untried,
-    // Boxed: the ring's mappings are ~280 bytes, kept out of every thread's TLS block.
-    Ready(Box<Burst>),
-    Refused,
-}
-
 thread_local! {
-    static RING: RefCell<Ring> = const { RefCell::new(Ring::Untried) };
+    /// This thread's ring, made at its first burst; `None` where io_uring is refused or off.
+    /// Boxed: the ring's mappings are ~280 bytes, kept out of every thread's TLS block.
+    static RING: RefCell<Option<Box<Burst>>> = RefCell::new(build());
 }
 
-fn build() -> Ring {
+fn build() -> Option<Box<Burst>> {
     if !*ALLOWED {
-        return Ring::Refused;
+        return None;
     }
     match Burst::new() {
-        Ok(burst) => Ring::Ready(Box::new(burst)),
+        Ok(burst) => Some(Box::new(burst)),
         Err(e) => {
             tracing::debug!(error = %e, "io_uring refused; upstream heads go out with send(2)");
-            Ring::Refused
+            None
         }
     }
 }
@@ -65,21 +60,13 @@ fn build() -> Ring {
 /// Whether this thread's bursts go through io_uring (made on first call).
 #[cfg(test)]
 pub(in crate::pool) fn available() -> bool {
-    RING.with(|cell| {
-        let Ok(mut slot) = cell.try_borrow_mut() else {
-            return false;
-        };
-        if matches!(*slot, Ring::Untried) {
-            *slot = build();
-        }
-        matches!(*slot, Ring::Ready(_))
-    })
+    RING.with(|cell| cell.borrow().is_some())
 }
 
 /// Makes this thread write its bursts with send(2), as where io_uring is refused.
 #[cfg(test)]
 pub(in crate::pool) fn refuse_on_this_thread() {
-    RING.with(|cell| *cell.borrow_mut() = Ring::Refused);
+    RING.with(|cell| *cell.borrow_mut() = None);
 }
 
 /// Sends the queued heads of `wires` (all `QUEUED`) and settles every one of them. False
@@ -89,10 +76,7 @@ pub(super) fn send_all(wires: &[Arc<Wire>]) -> bool {
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return false;
         };
-        if matches!(*slot, Ring::Untried) {
-            *slot = build();
-        }
-        let Ring::Ready(burst) = &mut *slot else {
+        let Some(burst) = slot.as_mut() else {
             return false;
         };
         // Locked from the submission until settled: nobody re-encodes a head meanwhile.
@@ -107,7 +91,7 @@ pub(super) fn send_all(wires: &[Arc<Wire>]) -> bool {
         drop(sends);
         if burst.is_broken() {
             tracing::warn!("io_uring submission failed; upstream heads go out with send(2)");
-            *slot = Ring::Refused;
+            *slot = None;
         }
         for ((wire, mut p), outcome) in wires.iter().zip(pending).zip(outcomes) {
             let stage = match outcome {
